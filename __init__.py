@@ -1,0 +1,3 @@
+"""accelopt: convert, optimize, validate and lower models from one YAML recipe."""
+
+__version__ = "0.1.0"

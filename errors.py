@@ -1,0 +1,45 @@
+"""Errors a user can act on, each with the exit code the design fixes.
+
+The CLI turns any `AccelError` into one line on stderr and its exit code; anything else is a bug and
+is shown as a traceback only with `--debug`.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CONVERSION_FAILED = 3
+
+
+class AccelError(Exception):
+    """Base of every error meant for the user: the message is the whole story, one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInputError(AccelError):
+    """A path, model, data file or argument the user gave is wrong."""
+
+
+class RecipeError(BadInputError):
+    """The recipe is invalid: unknown key, bad value, unknown step."""
+
+
+class MissingExtraError(BadInputError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, extra: str, what: str):
+        super().__init__(f"{what} needs the [{extra}] extra: pip install 'accelopt[{extra}]'")
+
+
+class ConversionError(AccelError):
+    """A step or target could not transform a valid model."""
+
+    exit_code = EXIT_CONVERSION_FAILED
+
+
+class GateFailed(AccelError):
+    """The pipeline ran but a recipe gate was missed."""
+
+    exit_code = EXIT_GATE_FAILED

@@ -1,0 +1,80 @@
+"""The pass contract and the registry every other part reads.
+
+A pass is a class with a `name`, a one-line `summary`, a pydantic `Config` (unknown keys rejected)
+and `apply(model, config, ctx) -> model`. Registering it once (`@register`) makes it available to
+recipes, to `accelopt recipes`, to the recipe schema and to the docs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+from accelopt.errors import RecipeError
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys are an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may use: data, shape pins, the target, a temp dir, and a place to report.
+
+    Passes never print: `log` lines and `decide` entries end up in the step's report.
+    """
+
+    tmp_dir: Path
+    calibration: Any = None  # accelopt.data.Dataset | None
+    input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
+    target: Any = None  # accelopt.targets.base.Target
+    on_log: Callable[[str], None] | None = None
+    decisions: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        self.notes.append(message)
+        if self.on_log:
+            self.on_log(message)
+
+    def decide(self, key: str, value: Any) -> None:
+        """Record a decision (what was fused, which nodes stayed float...) for the report."""
+        self.decisions[key] = value
+
+
+class Pass(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+    # Bump when the pass's output for the same input and config changes: it is part of the cache key.
+    version: ClassVar[int] = 1
+    # Numeric precision of the output, which picks the default comparison tolerances.
+    precision: ClassVar[str] = "fp32"
+
+    @abstractmethod
+    def apply(self, model: onnx.ModelProto, config: PassConfig, ctx: PassContext) -> onnx.ModelProto:
+        """Return a new model; never mutate `model` in place."""
+
+
+REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"pass {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_pass(name: str) -> type[Pass]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise RecipeError(f"unknown step {name!r}; valid steps: {', '.join(sorted(REGISTRY))}") from None

@@ -1,0 +1,95 @@
+"""The target and runner contracts shared by every backend (ORT, TVM, LiteRT, Core ML, TensorRT)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | str | None]  # str/None = dynamic dimension
+    dtype: np.dtype
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one batch size at one thread count; times in milliseconds per batch."""
+
+    batch: int
+    threads: int
+    warmup: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # samples per second at the median
+    peak_memory_mb: float | None = None  # extra resident memory while running; None where unmeasurable
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Runner(Protocol):
+    """Runs one artifact: the same interface for every runtime, so compare and bench work on all."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    threads: int
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats: ...
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" | "warning" | "info"
+    message: str
+    node: str | None = None
+
+
+@dataclass
+class Artifact:
+    path: Path  # the main file a runner loads
+    files: list[Path] = field(default_factory=list)  # everything that ships, main file included
+    kind: str = "onnx"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class TargetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[TargetConfig]] = TargetConfig
+
+    def __init__(self, config: TargetConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def check(self, model: onnx.ModelProto) -> list[Finding]:
+        """Everything that would stop `lower` (reported all at once), plus warnings."""
+
+    @abstractmethod
+    def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
+        """Write the deployable artifact under `out_dir`."""
+
+    @abstractmethod
+    def runner(self, artifact: Artifact, threads: int | None = None) -> Runner | None:
+        """A runner for the artifact, or None when the runtime does not exist on this machine."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """Facts passes may use (int8 kernels, preferred layout, alignment multiple)."""
+        return {}
