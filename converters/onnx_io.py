@@ -19,6 +19,11 @@ from accelopt.errors import BadInputError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
+def is_large(model: onnx.ModelProto) -> bool:
+    """Too big for one protobuf: must travel with external data (and be handed to ORT by path)."""
+    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -52,7 +57,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     """Run `onnx.checker` (by path when the model is too large for an in-memory check)."""
     try:
-        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        if is_large(model):
             with tempfile.TemporaryDirectory() as d:
                 f = save_model(model, Path(d) / "check.onnx")
                 onnx.checker.check_model(str(f))
@@ -69,11 +74,17 @@ def model_bytes(model: onnx.ModelProto) -> int:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write `model` to `path`, using external data next to it when it is too big for one protobuf."""
+    """Write `model` to `path`, using external data next to it when it is too big for one protobuf.
+
+    onnx.save_model moves tensors out of the proto it is given when writing external data, so that
+    path saves a copy: the caller's model stays whole.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+    if is_large(model):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=p.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(p))

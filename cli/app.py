@@ -1,0 +1,65 @@
+"""The `accelopt` command: one verb per module, errors turned into one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from accelopt.cli import bench, compare, convert, inspect, recipes
+from accelopt.errors import EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, AccelError
+
+app = typer.Typer(
+    name="accelopt",
+    help="Convert, optimize and validate models from one YAML recipe, then lower them to a target.\n\n"
+         "Start with `accelopt inspect MODEL`, then `accelopt convert MODEL --recipe cpu-fp32 -o out/`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+    """Global options."""
+
+
+app.command("convert")(convert.convert)
+app.command("inspect")(inspect.inspect)
+app.command("compare")(compare.compare)
+app.command("bench")(bench.bench)
+app.add_typer(recipes.app, name="recipes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code (0 ok, 1 gate failed, 2 bad input, 3 conversion failed)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("ACCELOPT_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        # Standalone mode: the CLI layer prints usage errors itself (exit 2) and exits via SystemExit.
+        command.main(args=args, prog_name="accelopt", standalone_mode=True)
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_BAD_INPUT)
+    except AccelError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {e}\n")
+        return e.exit_code
+    except Exception as e:
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        sys.stderr.write(f"error: internal error {type(e).__name__}: {msg} (rerun with --debug for the traceback)\n")
+        return EXIT_CONVERSION_FAILED
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,311 @@
+"""The convert pipeline: load, run each recipe step, validate it against the input model, lower to
+the target, measure, gate, and write the outputs atomically.
+
+Every step is checked the same way (onnx.checker, loads in ONNX Runtime, outputs compared with the
+input model on the evaluation data, optional latency), so a step can never silently break a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from accelopt import __version__
+from accelopt.analysis import summarize
+from accelopt.cache import StepCache, cache_key
+from accelopt.converters.onnx_io import check_model, load_model, model_bytes, sha256_file, staged_dir
+from accelopt.data import Dataset, RandomSource, load_npz, load_source
+from accelopt.errors import AccelError, BadInputError, ConversionError
+from accelopt.latency import batch_feeds, side_by_side, speedup
+from accelopt.metrics import OutputMetrics, accuracy, compare_outputs, worst
+from accelopt.optimizers import PassContext, get_pass
+from accelopt.recipes.schema import Recipe
+from accelopt.report import REPORT_SCHEMA, evaluate_gates, write_reports
+from accelopt.targets import get_target
+from accelopt.targets.base import LatencyStats, run_all
+from accelopt.targets.onnxruntime import OrtRunner
+
+# Lower precision wins when steps are chained: tolerances follow the least precise step so far.
+PRECISION_ORDER = ["fp32", "fp16", "int8", "int4"]
+
+Events = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    data: Path | None = None  # --data FILE.npz: stands in for the recipe's data
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    junit: bool = False
+    on_event: Events | None = None
+
+
+@dataclass
+class Reference:
+    """The input model run once on the probe data; every step is compared with this."""
+
+    runner: OrtRunner
+    outputs: dict[str, np.ndarray]
+    accuracy: float | None
+    latency: LatencyStats | None
+
+
+@dataclass
+class StepOutcome:
+    model: onnx.ModelProto
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"accelopt": __version__, "python": platform.python_version()}
+    for dist in ("onnx", "onnxruntime", "onnxsim", "onnx-ir", "numpy", "pydantic"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "missing"
+    return versions
+
+
+def _emit(opts: RunOptions, kind: str, **info: Any) -> None:
+    if opts.on_event:
+        opts.on_event(kind, info)
+
+
+def _load_data(recipe: Recipe, opts: RunOptions, runner: OrtRunner,
+               warn: Callable[[str], None]) -> tuple[Dataset, Dataset | None]:
+    """Evaluation and calibration data: `--data` wins over the recipe; random only as a last resort."""
+    shapes = recipe.input.shapes
+    if opts.data is not None:
+        ds = load_npz(opts.data, runner.inputs)
+        return ds, ds
+    cal = load_source(recipe.data.calibration, runner.inputs, recipe.base_dir, shapes, warn) \
+        if recipe.data.calibration else None
+    if recipe.data.evaluation:
+        ev = load_source(recipe.data.evaluation, runner.inputs, recipe.base_dir, shapes, warn)
+    elif cal is not None:
+        warn("no evaluation data declared: steps are checked on the calibration data")
+        ev = cal
+    else:
+        ev = load_source(RandomSource(type="random", samples=min(recipe.validation.samples, 8)),
+                         runner.inputs, recipe.base_dir, shapes, warn)
+    return ev, cal
+
+
+def _task_accuracy(recipe: Recipe, outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float | None:
+    if labels is None or recipe.task.kind != "classification":
+        return None
+    name = recipe.task.output or next(iter(outputs))
+    return accuracy(outputs[name], labels[: len(outputs[name])], axis=recipe.task.axis)
+
+
+def _validate(model: onnx.ModelProto, what: str, recipe: Recipe, ref: Reference, probe: Dataset,
+              precision: str) -> tuple[OrtRunner, dict[str, Any]]:
+    """The check after every step: checker, ORT load, metrics against the reference on the probe data."""
+    try:
+        check_model(model, what)
+    except BadInputError as e:
+        raise ConversionError(str(e)) from e
+    runner = OrtRunner(model, threads=recipe.validation.threads)
+    return runner, _numerics(runner, recipe, ref, probe, precision)
+
+
+def _numerics(runner, recipe: Recipe, ref: Reference, probe: Dataset, precision: str) -> dict[str, Any]:
+    outputs = run_all(runner, probe.feeds)
+    metrics: list[OutputMetrics] = compare_outputs(ref.outputs, outputs, task=recipe.task, precision=precision)
+    acc = _task_accuracy(recipe, outputs, probe.labels)
+    return {
+        "precision": precision,
+        "metrics": [m.to_dict() for m in metrics],
+        "worst": worst(metrics),
+        "within_tolerance": all(m.passed for m in metrics),
+        "accuracy": acc,
+        "accuracy_drop": (ref.accuracy - acc) if acc is not None and ref.accuracy is not None else None,
+    }
+
+
+def _measure_latency(runners: list[tuple[dict[str, Any], Any]], ref: Reference, probe: Dataset,
+                     recipe: Recipe) -> None:
+    """Time the input, every step and the artifact side by side, and write the figures into their records."""
+    v = recipe.validation
+    if not v.latency:
+        return
+    named = {"input": ref.runner, **{str(i): r for i, (_, r) in enumerate(runners)}}
+    stats = side_by_side(named, batch_feeds(probe.feeds, v.batch), warmup=v.warmup, runs=v.runs)
+    ref.latency = stats["input"]
+    for i, (record, _) in enumerate(runners):
+        record["latency"] = stats[str(i)].to_dict()
+        record["speedup"] = speedup(stats["input"], stats[str(i)])
+
+
+def _graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
+    return {"nodes": len(model.graph.node), "bytes": model_bytes(model),
+            "ops": dict(Counter(n.op_type for n in model.graph.node))}
+
+
+def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelProto, recipe: Recipe,
+              calibration: Dataset | None, target: Any, cache: StepCache | None, tmp: Path,
+              opts: RunOptions, versions: dict[str, str]) -> StepOutcome:
+    pass_cls = get_pass(name)
+    key = cache_key({
+        "model": _model_digest(model), "pass": name, "pass_version": pass_cls.version, "config": config,
+        "calibration": calibration.fingerprint() if calibration is not None else None,
+        "shapes": recipe.input.shapes, "target": recipe.target.model_dump(mode="json"), "tools": versions,
+    })
+    if cache is not None and (hit := cache.get(key)) is not None:
+        out, record = hit
+        return StepOutcome(out, {**record, "cached": True})
+    ctx = PassContext(tmp_dir=tmp / f"step{index}-{name}", calibration=calibration,
+                      input_shapes=dict(recipe.input.shapes), target=target,
+                      on_log=lambda msg: _emit(opts, "log", step=name, message=msg))
+    ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        out = pass_cls().apply(model, pass_cls.Config.model_validate(config), ctx)
+    except AccelError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"step {name!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+    record = {"seconds": round(time.perf_counter() - start, 3), "decisions": ctx.decisions, "notes": ctx.notes}
+    if cache is not None:
+        cache.put(key, out, record)
+    return StepOutcome(out, {**record, "cached": False})
+
+
+def _model_digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _ops_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {op: after.get(op, 0) - before.get(op, 0)
+            for op in sorted(set(before) | set(after)) if after.get(op, 0) != before.get(op, 0)}
+
+
+def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
+    """Run the whole pipeline; returns the report (also written to `opts.out_dir`)."""
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        _emit(opts, "warning", message=msg)
+
+    versions = tool_versions()
+    _emit(opts, "stage", name="load")
+    model = load_model(model_path)
+    input_sha = sha256_file(model_path)
+    summary = summarize(model, str(model_path), recipe.input.shapes or None)
+    target = get_target(recipe.target.name, recipe.target.options)
+    if not summary.ort_loads:
+        raise BadInputError(f"{model_path}: onnxruntime cannot load the input model: {summary.ort_error}")
+
+    ref_runner = OrtRunner(model, threads=recipe.validation.threads)
+    evaluation, calibration = _load_data(recipe, opts, ref_runner, warn)
+    probe = evaluation.take(min(recipe.validation.samples, len(evaluation)))
+    _emit(opts, "stage", name="reference")
+    ref_out = run_all(ref_runner, probe.feeds)
+    ref = Reference(ref_runner, ref_out, _task_accuracy(recipe, ref_out, probe.labels), None)
+
+    cache = StepCache(opts.cache_dir) if opts.use_cache else None
+    steps: list[dict[str, Any]] = []
+    timed: list[tuple[dict[str, Any], Any]] = []  # (record, runner) of each step and of the artifact
+    precision = "fp32"
+    current = model
+    with tempfile.TemporaryDirectory(prefix="accelopt-") as tmpdir:
+        tmp = Path(tmpdir)
+        for i, step in enumerate(recipe.steps):
+            _emit(opts, "step_start", index=i, total=len(recipe.steps), name=step.name)
+            before = _graph_facts(current)
+            outcome = _run_step(i, step.name, step.config, current, recipe, calibration, target, cache,
+                                tmp, opts, versions)
+            precision = max(precision, get_pass(step.name).precision, key=PRECISION_ORDER.index)
+            runner, checks = _validate(outcome.model, f"step {step.name!r} output", recipe, ref, probe, precision)
+            after = _graph_facts(outcome.model)
+            record = {"name": step.name, "config": step.config, "version": get_pass(step.name).version,
+                      **outcome.record, "nodes_before": before["nodes"], "nodes_after": after["nodes"],
+                      "bytes_before": before["bytes"], "bytes_after": after["bytes"],
+                      "ops_delta": _ops_delta(before["ops"], after["ops"]), **checks}
+            if not checks["within_tolerance"]:
+                warn(f"step {step.name!r}: outputs differ from the input model beyond {precision} tolerances "
+                     f"(worst cosine {checks['worst'].get('cosine')})")
+            steps.append(record)
+            timed.append((record, runner))
+            _emit(opts, "step_done", step=record)
+            current = outcome.model
+
+        _emit(opts, "stage", name=f"target {target.name}")
+        findings = target.check(current)
+        errors = [f for f in findings if f.severity == "error"]
+        if errors:
+            listed = "; ".join(f"{f.node + ': ' if f.node else ''}{f.message}" for f in errors[:5])
+            raise ConversionError(f"target {target.name} cannot take the model ({len(errors)} problem(s)): {listed}")
+
+        with staged_dir(opts.out_dir) as stage:
+            artifact = target.lower(current, stage)
+            final = _final_check(target, artifact, recipe, ref, probe, precision, warn, timed)
+            report = {
+                "schema": REPORT_SCHEMA,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(["accelopt", *sys.argv[1:]]) if sys.argv else "accelopt",
+                "recipe": {"name": recipe.name, "description": recipe.description,
+                           "resolved": recipe.to_yaml_dict()},
+                "input": {"path": str(model_path), "sha256": input_sha, "format": "onnx",
+                          **_summary_fields(summary)},
+                "data": {"evaluation": _data_facts(evaluation, probe),
+                         "calibration": _data_facts(calibration, None) if calibration is not None else None},
+                "task": recipe.task.model_dump(mode="json"),
+                "reference": {"accuracy": ref.accuracy,
+                              "latency": ref.latency.to_dict() if ref.latency else None},
+                "steps": steps,
+                "target": {"name": target.name, "options": target.config.model_dump(mode="json"),
+                           "findings": [f.__dict__ for f in findings], "capabilities": target.capabilities()},
+                "final": final,
+                "artifacts": [{"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                              for p in artifact.files],
+                "warnings": warnings,
+                "tool_versions": versions,
+            }
+            report["gates"] = evaluate_gates(recipe.gates, report)
+            report["passed"] = all(g["passed"] for g in report["gates"])
+            write_reports(report, stage, junit=opts.junit)
+    return report
+
+
+def _final_check(target, artifact, recipe: Recipe, ref: Reference, probe: Dataset, precision: str,
+                 warn: Callable[[str], None], timed: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    """Numerics of the artifact itself on the target's runtime, then every latency side by side."""
+    runner = target.runner(artifact, threads=recipe.validation.threads)
+    final: dict[str, Any] = {"runner": None, "size_bytes": sum(p.stat().st_size for p in artifact.files)}
+    if runner is None:
+        warn(f"no {target.name} runtime on this machine: the artifact was not run; numbers are from the last step")
+    else:
+        final.update(runner=type(runner).__name__, **_numerics(runner, recipe, ref, probe, precision))
+        timed = [*timed, (final, runner)]
+    _measure_latency(timed, ref, probe, recipe)
+    ratio = final.get("speedup")
+    if ratio is not None and ratio < 0.95:
+        warn(f"the output is SLOWER than the input model on {target.name}: {ratio:.2f}x "
+             f"({final['latency']['median_ms']:.3f} ms vs {ref.latency.median_ms:.3f} ms)")
+    return final
+
+
+def _summary_fields(summary) -> dict[str, Any]:
+    d = summary.to_dict()
+    return {k: d[k] for k in ("size_bytes", "opsets", "inputs", "outputs", "node_count", "op_histogram",
+                              "params", "macs", "macs_note") if k in d}
+
+
+def _data_facts(ds: Dataset, probe: Dataset | None) -> dict[str, Any]:
+    return {"source": ds.source, "samples": len(ds), "compared": len(probe) if probe is not None else None,
+            "labels": ds.labels is not None, "random": ds.random, "fingerprint": ds.fingerprint()}

@@ -1,0 +1,69 @@
+"""The commented starter recipe that `accelopt recipes init` writes, validated before it is shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelopt.optimizers import REGISTRY
+from accelopt.recipes.schema import parse_yaml, validate
+from accelopt.targets import get_target
+
+_TEMPLATE = """\
+# accelopt recipe (schema version 1). Check it with: accelopt recipes validate THIS_FILE
+# Run it with:  accelopt convert model.onnx --recipe THIS_FILE -o out/
+version: 1
+name: my-model-{target}
+description: What this recipe is for, in one line.
+
+# Start from a built-in recipe and change only what differs (mappings merge, `steps` replaces):
+# extends: cpu-fp32
+
+# What the model does, so checks compare what matters:
+#   classification (top-1 agreement, accuracy with labels), embedding (per-sample cosine),
+#   detection (boxes and scores compared apart: set axis, boxes: [0, 4], scores: [4, null]), raw.
+task:
+  kind: raw
+
+# Pin dynamic input dimensions (needed for random data and for fix-shapes):
+input:
+  shapes: {{}}
+  #  images: [1, 3, 224, 224]
+
+# Real data beats random: arrays named after the model inputs, first axis = samples.
+# Relative paths resolve against this file's folder.
+data:
+  # evaluation: {{type: npz, path: eval.npz}}          # optional `labels` array enables accuracy
+  # calibration: {{type: npz, path: calib.npz}}
+  # evaluation: {{type: images, path: images/, size: [224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], labels: folders}}
+
+# Ordered steps; each is checked against the input model. Available: {steps}
+# (`accelopt recipes steps` lists every key with its default.)
+steps:
+  - simplify: {{}}
+  - fuse: {{}}
+
+target:
+  name: {target}
+  options: {{}}
+
+# How each step is checked: samples compared, latency batch/threads/runs.
+validation:
+  samples: 64
+  latency: true
+  batch: 1
+  threads: 1
+
+# CI gates: exit code 1 when one is missed. A gate that cannot be measured fails.
+gates:
+  min_cosine: 0.9999
+  # max_accuracy_drop: 0.01   # needs task.kind classification and labels
+  # min_speedup: 1.0          # output latency vs input latency on the target
+  # max_size_mb: 50
+"""
+
+
+def starter_recipe(target: str) -> str:
+    get_target(target)  # unknown target -> RecipeError naming the valid ones
+    text = _TEMPLATE.format(target=target, steps=", ".join(sorted(REGISTRY)))
+    validate(parse_yaml(text), Path.cwd(), source="starter recipe")
+    return text

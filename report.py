@@ -1,0 +1,164 @@
+"""report.json (versioned schema), report.md, JUnit XML, and the gates that decide the exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+REPORT_SCHEMA = "accelopt.report/1"
+
+
+def _gate(name: str, threshold: float, value: float | None, ok: bool | None, why: str = "") -> dict[str, Any]:
+    """A gate that cannot be measured fails: a CI gate that silently passes is worse than none."""
+    return {"name": name, "threshold": threshold, "value": value, "passed": bool(ok) if value is not None else False,
+            "reason": why if value is None else ""}
+
+
+def evaluate_gates(gates: Any, report: dict[str, Any]) -> list[dict[str, Any]]:
+    final = report["final"]
+    w = final.get("worst") or {}
+    out = []
+    if gates.min_cosine is not None:
+        v = w.get("cosine")
+        out.append(_gate("min_cosine", gates.min_cosine, v, v is not None and v >= gates.min_cosine,
+                         "the artifact was not run on this machine"))
+    if gates.min_sqnr_db is not None:
+        v = w.get("sqnr_db")
+        out.append(_gate("min_sqnr_db", gates.min_sqnr_db, v, v is not None and v >= gates.min_sqnr_db,
+                         "the artifact was not run on this machine"))
+    if gates.max_accuracy_drop is not None:
+        v = final.get("accuracy_drop")
+        out.append(_gate("max_accuracy_drop", gates.max_accuracy_drop, v,
+                         v is not None and v <= gates.max_accuracy_drop,
+                         "no accuracy: needs task.kind classification and labels in the evaluation data"))
+    if gates.min_speedup is not None:
+        v = final.get("speedup")
+        out.append(_gate("min_speedup", gates.min_speedup, v, v is not None and v >= gates.min_speedup,
+                         "latency not measured (validation.latency is off or no runtime here)"))
+    if gates.max_size_mb is not None:
+        v = final["size_bytes"] / 1e6
+        out.append(_gate("max_size_mb", gates.max_size_mb, v, v <= gates.max_size_mb))
+    return out
+
+
+def write_reports(report: dict[str, Any], out_dir: Path, junit: bool = False) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / "report.json", out_dir / "report.md"]
+    paths[0].write_text(json.dumps(report, indent=2, default=_jsonable))
+    paths[1].write_text(render_markdown(report))
+    if junit:
+        paths.append(out_dir / "junit.xml")
+        paths[2].write_text(render_junit(report))
+    return paths
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def fmt(v: Any, spec: str = ".4g", none: str = "-") -> str:
+    if v is None:
+        return none
+    if isinstance(v, float):
+        if v == float("inf"):
+            return "inf"
+        return format(v, spec)
+    return str(v)
+
+
+def step_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per step plus the input and the target artifact: what the table and report.md show."""
+    ref_lat = (report["reference"].get("latency") or {}).get("median_ms")
+    rows = [{"step": "input", "nodes": str(report["input"]["node_count"]),
+             "size": _kb(report["input"]["size_bytes"]), "seconds": "-", "cosine": "1", "sqnr": "inf",
+             "max_abs": "0", "top1": "-", "accuracy": _pct(report["reference"].get("accuracy")),
+             "latency_ms": fmt(ref_lat, ".3f"), "speedup": "1.00x" if ref_lat else "-"}]
+    for s in report["steps"]:
+        w = s["worst"]
+        rows.append({"step": s["name"] + (" (cached)" if s.get("cached") else ""), "nodes": str(s["nodes_after"]),
+                     "size": _kb(s["bytes_after"]), "seconds": fmt(s.get("seconds"), ".2f"),
+                     "cosine": fmt(w.get("cosine"), ".6f"), "sqnr": fmt(w.get("sqnr_db"), ".1f"),
+                     "max_abs": fmt(w.get("max_abs"), ".2e"), "top1": _pct(w.get("top1_agreement")),
+                     "accuracy": _pct(s.get("accuracy")),
+                     "latency_ms": fmt((s.get("latency") or {}).get("median_ms"), ".3f"),
+                     "speedup": _x(s.get("speedup"))})
+    f = report["final"]
+    w = f.get("worst") or {}
+    rows.append({"step": f"target: {report['target']['name']}", "nodes": "-", "size": _kb(f["size_bytes"]),
+                 "seconds": "-", "cosine": fmt(w.get("cosine"), ".6f"), "sqnr": fmt(w.get("sqnr_db"), ".1f"),
+                 "max_abs": fmt(w.get("max_abs"), ".2e"), "top1": _pct(w.get("top1_agreement")),
+                 "accuracy": _pct(f.get("accuracy")), "latency_ms": fmt((f.get("latency") or {}).get("median_ms"), ".3f"),
+                 "speedup": _x(f.get("speedup"))})
+    return rows
+
+
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} kB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MB"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+COLUMNS = [("step", "step"), ("nodes", "nodes"), ("size", "size"), ("seconds", "time s"), ("cosine", "cosine"),
+           ("sqnr", "SQNR dB"), ("max_abs", "max abs"), ("top1", "top-1 agree"), ("accuracy", "accuracy"),
+           ("latency_ms", "latency ms"), ("speedup", "speedup")]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    inp = report["input"]
+    lat = report["final"].get("latency") or {}
+    lines = [f"# accelopt report: {report['recipe']['name']}", "",
+             f"- input: `{inp['path']}` (sha256 `{inp['sha256'][:16]}…`, {inp['node_count']} nodes, "
+             f"{inp.get('params', 0):,} parameters, MACs {fmt(inp.get('macs'), ',') if inp.get('macs') else 'unknown'})",
+             f"- data: {report['data']['evaluation']['source']} ({report['data']['evaluation']['compared']} samples compared)",
+             f"- target: {report['target']['name']}; latency at batch {lat.get('batch', '-')}, "
+             f"{lat.get('threads', '-')} thread(s), median of {lat.get('runs', '-')} runs",
+             f"- result: **{'PASSED' if report['passed'] else 'GATE FAILED'}**", "",
+             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in step_rows(report):
+        lines.append("| " + " | ".join(r[k] for k, _ in COLUMNS) + " |")
+    if report["gates"]:
+        lines += ["", "## Gates", "", "| gate | threshold | value | result |", "|---|---|---|---|"]
+        for g in report["gates"]:
+            res = "pass" if g["passed"] else f"FAIL {g['reason']}".strip()
+            lines.append(f"| {g['name']} | {g['threshold']} | {fmt(g['value'])} | {res} |")
+    decisions = [(s["name"], s["decisions"]) for s in report["steps"] if s.get("decisions")]
+    if decisions:
+        lines += ["", "## Decisions", ""]
+        lines += [f"- **{name}**: `{json.dumps(d, default=str)}`" for name, d in decisions]
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    lines += ["", "## Artifacts", ""] + [f"- `{a['path']}` {a['bytes']:,} bytes, sha256 `{a['sha256']}`"
+                                        for a in report["artifacts"]]
+    lines += ["", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in report["tool_versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def render_junit(report: dict[str, Any]) -> str:
+    """One test case per step (within tolerance) and per gate, for CI dashboards."""
+    cases = []
+    for s in report["steps"]:
+        fail = None if s["within_tolerance"] else f"outputs beyond {s['precision']} tolerances"
+        cases.append((f"step.{s['name']}", s.get("seconds") or 0.0, fail))
+    for g in report["gates"]:
+        fail = None if g["passed"] else (g["reason"] or f"value {g['value']} vs threshold {g['threshold']}")
+        cases.append((f"gate.{g['name']}", 0.0, fail))
+    failures = sum(1 for c in cases if c[2])
+    body = []
+    for name, secs, fail in cases:
+        inner = f"<failure message={quoteattr(fail)}>{escape(fail)}</failure>" if fail else ""
+        body.append(f'  <testcase classname="accelopt.{escape(report["recipe"]["name"])}" name={quoteattr(name)} '
+                    f'time="{secs:.3f}">{inner}</testcase>')
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="accelopt" tests="{len(cases)}" '
+            f'failures="{failures}">\n' + "\n".join(body) + "\n</testsuite>\n")

@@ -1,0 +1,216 @@
+"""`accelopt convert` end to end on small models: outputs, reports, cache, gates and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from accelopt.errors import ConversionError
+from accelopt.optimizers import REGISTRY, Pass, PassConfig
+from tests import models
+from tests.conftest import sha256
+
+FAST = ["--set", "validation.runs=3", "--set", "validation.warmup=1"]
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_convert_simplifies_fuses_and_reports(cli, conv_bn_path, tmp_path):
+    before = sha256(conv_bn_path)
+    out = tmp_path / "out"
+    r = cli("convert", conv_bn_path, "--recipe", "cpu-fp32", "-o", out, "--junit", *FAST)
+    assert r.code == 0, r.err
+    assert sha256(conv_bn_path) == before  # the input is never modified
+    rep = _report(out)
+    assert rep["schema"] == "accelopt.report/1"
+    assert rep["input"]["sha256"] == before
+    assert [s["name"] for s in rep["steps"]] == ["simplify", "fuse"]
+    fuse = rep["steps"][1]
+    assert fuse["decisions"]["conv_bn_folded"] == 2
+    assert fuse["nodes_after"] < rep["input"]["node_count"]
+    assert fuse["ops_delta"].get("BatchNormalization") == -2
+    assert rep["final"]["worst"]["cosine"] > 0.9999
+    assert rep["final"]["latency"]["median_ms"] > 0 and rep["final"]["speedup"] > 0
+    assert rep["passed"] and rep["gates"][0]["name"] == "min_cosine" and rep["gates"][0]["passed"]
+    art = {a["path"]: a for a in rep["artifacts"]}
+    assert sha256(out / "model.onnx") == art["model.onnx"]["sha256"]
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "| fuse |" in (out / "report.md").read_text()
+    junit = (out / "junit.xml").read_text()
+    assert 'name="step.fuse"' in junit and 'failures="0"' in junit
+    assert "PASSED" in r.out and "fuse" in r.out
+    # random data is called out, since it proves little
+    assert "random" in r.err
+
+
+def test_convert_json_and_cache(cli, conv_bn_path, tmp_path):
+    r1 = cli("convert", conv_bn_path, "-o", tmp_path / "a", "--json", *FAST)
+    assert r1.code == 0
+    rep1 = json.loads(r1.out)
+    assert [s["cached"] for s in rep1["steps"]] == [False, False]
+    r2 = cli("convert", conv_bn_path, "-o", tmp_path / "b", "--json", *FAST)
+    assert r2.code == 0 and r2.out, (r2.err, r2.out)
+    rep2 = json.loads(r2.out)
+    assert [s["cached"] for s in rep2["steps"]] == [True, True]
+    assert rep2["artifacts"][0]["sha256"] == rep1["artifacts"][0]["sha256"]
+    # a changed config is a different key; --no-cache runs everything
+    rep3 = json.loads(cli("convert", conv_bn_path, "-o", tmp_path / "c", "--json", "--set", "steps.fuse.ort=off", *FAST).out)
+    assert [s["cached"] for s in rep3["steps"]] == [True, False]
+    rep4 = json.loads(cli("convert", conv_bn_path, "-o", tmp_path / "d", "--json", "--no-cache", *FAST).out)
+    assert [s["cached"] for s in rep4["steps"]] == [False, False]
+
+
+def test_data_labels_accuracy_and_gates(cli, conv_bn_path, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 3, 16, 16)).astype(np.float32)
+    labels = rng.integers(0, 4, 20)
+    np.savez(tmp_path / "eval.npz", x=x, labels=labels)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nname: mine\nextends: cpu-fp32\ntask: {kind: classification}\n"
+                      "data: {evaluation: {type: npz, path: eval.npz}}\n"
+                      "gates: {max_accuracy_drop: 0.0, max_size_mb: 1}\n")
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / "out", "--json", *FAST)
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["data"]["evaluation"]["samples"] == 20 and rep["data"]["evaluation"]["labels"]
+    assert rep["reference"]["accuracy"] == pytest.approx(rep["final"]["accuracy"])
+    assert {g["name"] for g in rep["gates"]} == {"min_cosine", "max_accuracy_drop", "max_size_mb"}
+    assert rep["steps"][1]["worst"]["top1_agreement"] == 1.0
+    # --data stands in for the recipe's data
+    np.savez(tmp_path / "other.npz", x=x[:5])
+    rep = json.loads(cli("convert", conv_bn_path, "-o", tmp_path / "o2", "--data", tmp_path / "other.npz", "--json", *FAST).out)
+    assert rep["data"]["evaluation"]["samples"] == 5
+
+
+def test_gate_failure_exits_1_and_still_writes(cli, conv_bn_path, tmp_path):
+    out = tmp_path / "out"
+    r = cli("convert", conv_bn_path, "-o", out, "--set", "gates.max_size_mb=0.000001", *FAST)
+    assert r.code == 1
+    rep = _report(out)
+    assert not rep["passed"]
+    assert [g["passed"] for g in rep["gates"] if g["name"] == "max_size_mb"] == [False]
+    assert "GATE FAILED" in r.out
+
+
+def test_unmeasurable_gate_fails_with_reason(cli, conv_bn_path, tmp_path):
+    r = cli("convert", conv_bn_path, "-o", tmp_path / "out", "--json", "--set", "gates.max_accuracy_drop=0.01", *FAST)
+    assert r.code == 1
+    gate = [g for g in json.loads(r.out)["gates"] if g["name"] == "max_accuracy_drop"][0]
+    assert not gate["passed"] and "labels" in gate["reason"]
+
+
+def test_emit_recipe_applies_overrides(cli, tmp_path):
+    r = cli("convert", "unused.onnx", "--recipe", "cpu-fp32", "--emit-recipe", "--set", "steps.fuse.ort=basic",
+            "--set", "gates.min_cosine=0.99")
+    assert r.code == 0
+    import yaml
+
+    resolved = yaml.safe_load(r.out)
+    assert resolved["steps"][1]["fuse"]["ort"] == "basic"
+    assert resolved["gates"]["min_cosine"] == 0.99
+    assert resolved["target"]["name"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "gates.min_cosin=0.9"], "unknown key 'gates.min_cosin'; valid keys: max_accuracy_drop"),
+    (["--set", "steps.fuse.orrt=off"], "unknown key 'steps[1].fuse.orrt'"),
+    (["--set", "steps.quantize.x=1"], "no step 'quantize' in this recipe"),
+    (["--set", "steps.fuse.ort=sometimes"], "invalid steps[1].fuse.ort"),
+    (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'; built-in recipes: cpu-fp32"),
+    (["--set", "target.name=nowhere"], "unknown target 'nowhere'"),
+    (["--set", "target.options.thread=2"], "unknown option 'thread'"),
+    (["--data", "missing.npz"], "missing.npz"),
+])
+def test_bad_recipe_or_options_exit_2(cli, conv_bn_path, tmp_path, args, message):
+    out = tmp_path / "out"
+    r = cli("convert", conv_bn_path, "-o", out, *args)
+    assert r.code == 2, r.err
+    assert message in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not out.exists()
+
+
+def test_unknown_step_lists_valid_ones(cli, conv_bn_path, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps:\n  - simplfy: {}\n")
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / "o")
+    assert r.code == 2
+    assert "unknown step 'simplfy'; valid steps:" in r.err and "simplify" in r.err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "model not found"),
+    (b"\x08\x07garbage-not-a-protobuf\xff\xfe" * 10, "ONNX"),
+    (b'{"this": "is json"}', "ONNX"),
+])
+def test_bad_model_exit_2(cli, tmp_path, content, message):
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    r = cli("convert", path, "-o", tmp_path / "out")
+    assert r.code == 2
+    assert message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+def test_missing_extra_is_named(cli, conv_bn_path, tmp_path):
+    if importlib.util.find_spec("coremltools") is not None:
+        pytest.skip("coremltools is installed here")
+    r = cli("convert", conv_bn_path, "-o", tmp_path / "o", "--set", "target.name=coreml")
+    assert r.code == 2
+    assert "[coreml] extra" in r.err
+
+
+class _Explodes(PassConfig):
+    pass
+
+
+def test_failing_step_exits_3_without_output(cli, conv_bn_path, tmp_path):
+    class Boom(Pass):
+        name = "boom"
+        summary = "always fails (test)"
+        Config = _Explodes
+
+        def apply(self, model, config, ctx):
+            raise RuntimeError("kernel exploded")
+
+    REGISTRY["boom"] = Boom
+    try:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("version: 1\nsteps: [simplify, boom]\n")
+        out = tmp_path / "out"
+        r = cli("convert", conv_bn_path, "-r", recipe, "-o", out)
+        assert r.code == 3
+        assert "step 'boom' failed: RuntimeError: kernel exploded" in r.err
+        assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+        with pytest.raises(ConversionError) as info:  # --debug: the traceback, original cause chained
+            cli("--debug", "convert", conv_bn_path, "-r", recipe, "-o", out)
+        assert isinstance(info.value.__cause__, RuntimeError)
+    finally:
+        del REGISTRY["boom"]
+
+
+def test_external_data_end_to_end(cli, tmp_path, monkeypatch):
+    """Models over 2 GB go through ONNX external data; a tiny threshold exercises the same path."""
+    from accelopt.converters import onnx_io
+
+    src = tmp_path / "big.onnx"
+    onnx.save_model(models.conv_bn_model(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.onnx.data", size_threshold=0)
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    out = tmp_path / "out"
+    r = cli("convert", src, "-o", out, *FAST)
+    assert r.code == 0, r.err
+    assert (out / "model.onnx.data").exists()
+    names = {a["path"] for a in _report(out)["artifacts"]}
+    assert names == {"model.onnx", "model.onnx.data"}
+    assert _report(out)["final"]["worst"]["cosine"] > 0.9999
