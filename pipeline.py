@@ -39,6 +39,8 @@ from accelopt.targets.onnxruntime import OrtRunner
 
 # Lower precision wins when steps are chained: tolerances follow the least precise step so far.
 PRECISION_ORDER = ["fp32", "fp16", "int8", "int4"]
+# Below this input/output latency ratio the output counts as slower (5% leaves room for timer noise).
+SLOWER = 0.95
 
 Events = Callable[[str, dict[str, Any]], None]
 
@@ -293,11 +295,26 @@ def _final_check(target, artifact, recipe: Recipe, ref: Reference, probe: Datase
         final.update(runner=type(runner).__name__, **_numerics(runner, recipe, ref, probe, precision))
         timed = [*timed, (final, runner)]
     _measure_latency(timed, ref, probe, recipe)
-    ratio = final.get("speedup")
-    if ratio is not None and ratio < 0.95:
-        warn(f"the output is SLOWER than the input model on {target.name}: {ratio:.2f}x "
-             f"({final['latency']['median_ms']:.3f} ms vs {ref.latency.median_ms:.3f} ms)")
+    if runner is not None and (final.get("speedup") or 1.0) < SLOWER:
+        _confirm_slowdown(final, runner, ref, probe, recipe)
+        if final["speedup"] < SLOWER:
+            warn(f"the output is SLOWER than the input model on {target.name}: {final['speedup']:.2f}x "
+                 f"({final['latency']['median_ms']:.3f} ms vs {ref.latency.median_ms:.3f} ms, confirmed by a "
+                 "second side-by-side measurement)")
     return final
+
+
+def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, probe: Dataset, recipe: Recipe) -> None:
+    """Shared machines are noisy: re-time input and output with twice the runs and keep each one's best,
+    so a slowdown is reported only when it is real, and never hidden when it is."""
+    v = recipe.validation
+    again = side_by_side({"input": ref.runner, "output": runner}, batch_feeds(probe.feeds, v.batch),
+                         warmup=v.warmup, runs=2 * v.runs)
+    if again["input"].median_ms < ref.latency.median_ms:
+        ref.latency = again["input"]
+    if again["output"].median_ms < final["latency"]["median_ms"]:
+        final["latency"] = again["output"].to_dict()
+    final["speedup"] = ref.latency.median_ms / final["latency"]["median_ms"]
 
 
 def _summary_fields(summary) -> dict[str, Any]:

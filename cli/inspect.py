@@ -13,7 +13,9 @@ from accelopt.cli.options import SHAPE_HELP, parse_shapes
 from accelopt.converters.onnx_io import load_model
 
 
-def _dims(shape: list) -> str:
+def _dims(shape: list | None) -> str:
+    if shape is None:
+        return "unknown rank"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 

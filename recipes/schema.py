@@ -39,7 +39,7 @@ class ValidationSpec(_Strict):
     batch: int = Field(1, gt=0, description="batch size for latency")
     threads: int | None = Field(1, gt=0, description="intra-op threads for latency (null: runtime default)")
     warmup: int = Field(5, ge=0)
-    runs: int = Field(30, gt=0)
+    runs: int = Field(50, gt=0, description="timed runs per round; three rounds, interleaved across models")
 
 
 class TargetSpec(_Strict):

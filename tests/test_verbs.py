@@ -122,3 +122,30 @@ def test_console_script_no_traceback(tmp_path):
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
     help_ = subprocess.run([sys.executable, "-m", "accelopt.cli.app", "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "convert" in help_.stdout
+
+
+def test_inspect_paddle_style_dynamic_dims(cli, tmp_path):
+    """Exporters mark dynamic dims as -1 or share one name ('?') across axes."""
+    p = tmp_path / "paddle.onnx"
+    onnx.save(models.paddle_style_model(), str(p))
+    d = json.loads(cli("inspect", p, "--json").out)
+    assert d["dynamic_inputs"] == ["x"]
+    r = cli("inspect", p)
+    assert r.code == 0 and "[-1, 3, ?, ?]" in r.out
+
+
+def test_demo_example_converts(cli, tmp_path):
+    """The bundled example with its own recipe: what `make demo` runs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    out = tmp_path / "digits"
+    r = cli("convert", root / "digits_cnn.onnx", "-r", root / "recipe.yaml", "-o", out, "--json",
+            "--set", "validation.runs=5")
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["data"]["evaluation"]["samples"] == 450 and rep["data"]["calibration"]["samples"] == 128
+    assert rep["reference"]["accuracy"] > 0.95
+    assert rep["final"]["accuracy_drop"] == 0.0
+    assert rep["steps"][1]["decisions"]["conv_bn_folded"] == 3
+    assert all(g["passed"] for g in rep["gates"])
