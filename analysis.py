@@ -67,7 +67,7 @@ def summarize(
     """Everything `inspect` reports about a model; `input_shapes` pins dims for the MAC estimate."""
     graph = model.graph
     inputs = _graph_inputs(graph)
-    ops = Counter(_op_name(n) for n in _all_nodes(graph))
+    ops = op_histogram(model)
     params, param_bytes = _param_counts(graph)
     macs, macs_by_op, macs_note = estimate_macs(model, input_shapes)
     ort_error = _ort_error(model, path)
@@ -124,6 +124,16 @@ def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """Real inputs: older exporters also list every initializer as a graph input."""
     weights = {t.name for t in graph.initializer}
     return [v for v in graph.input if v.name not in weights]
+
+
+def op_histogram(model: onnx.ModelProto) -> Counter[str]:
+    """Node count per op type, subgraphs included; custom-domain ops are written `domain.Op`."""
+    return Counter(_op_name(n) for n in _all_nodes(model.graph))
+
+
+def op_delta(before: Counter[str], after: Counter[str]) -> dict[str, int]:
+    """What changed per op type, e.g. {"Constant": -308, "Shape": -20}; unchanged ops are left out."""
+    return {op: after[op] - before[op] for op in sorted(before | after) if after[op] != before[op]}
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

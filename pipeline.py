@@ -12,7 +12,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 
 from accelopt import __version__
-from accelopt.analysis import summarize
+from accelopt.analysis import op_delta, op_histogram, summarize
 from accelopt.cache import StepCache, cache_key
 from accelopt.converters.onnx_io import check_model, load_model, model_bytes, sha256_file, staged_dir
 from accelopt.data import Dataset, RandomSource, load_npz, load_source
@@ -153,8 +152,8 @@ def _measure_latency(runners: list[tuple[dict[str, Any], Any]], ref: Reference, 
 
 
 def _graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
-    return {"nodes": len(model.graph.node), "bytes": model_bytes(model),
-            "ops": dict(Counter(n.op_type for n in model.graph.node))}
+    ops = op_histogram(model)
+    return {"nodes": sum(ops.values()), "bytes": model_bytes(model), "ops": ops}
 
 
 def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelProto, recipe: Recipe,
@@ -188,11 +187,6 @@ def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelPr
 
 def _model_digest(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _ops_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {op: after.get(op, 0) - before.get(op, 0)
-            for op in sorted(set(before) | set(after)) if after.get(op, 0) != before.get(op, 0)}
 
 
 def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
@@ -237,7 +231,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             record = {"name": step.name, "config": step.config, "version": get_pass(step.name).version,
                       **outcome.record, "nodes_before": before["nodes"], "nodes_after": after["nodes"],
                       "bytes_before": before["bytes"], "bytes_after": after["bytes"],
-                      "ops_delta": _ops_delta(before["ops"], after["ops"]), **checks}
+                      "ops_delta": op_delta(before["ops"], after["ops"]), **checks}
             if not checks["within_tolerance"]:
                 warn(f"step {step.name!r}: outputs differ from the input model beyond {precision} tolerances "
                      f"(worst cosine {checks['worst'].get('cosine')})")

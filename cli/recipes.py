@@ -9,7 +9,7 @@ import typer
 
 from accelopt.cli.console import out, print_json, table
 from accelopt.errors import BadInputError
-from accelopt.recipes.schema import builtin_names, builtin_path, dump_yaml, load_recipe, passes_table
+from accelopt.recipes.schema import builtin_names, builtin_path, dump_yaml, load_recipe, passes_markdown, passes_table
 from accelopt.recipes.starter import starter_recipe
 
 app = typer.Typer(help="Built-in recipes, recipe validation, and the steps a recipe can use.", no_args_is_help=True)
@@ -50,9 +50,13 @@ def validate(path: Path = typer.Argument(..., help="A recipe YAML file."),
 
 
 @app.command("steps")
-def steps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def steps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+          markdown: bool = typer.Option(False, "--markdown", help="The reference page (docs/steps.md).")) -> None:
     """Every step a recipe can use, with its config keys and defaults (read from the pass registry)."""
     rows = passes_table()
+    if markdown:
+        out.print(passes_markdown(), markup=False)
+        return
     if as_json:
         print_json(rows)
         return

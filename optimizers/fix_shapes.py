@@ -8,7 +8,7 @@ name graph-wide would force them equal.
 from __future__ import annotations
 
 import onnx
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 
 from accelopt.errors import ConversionError, RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
@@ -17,9 +17,10 @@ Shape = list[int | str | None]
 
 
 class FixShapesConfig(PassConfig):
-    shapes: dict[str, list[PositiveInt]] = {}  # input name -> full static shape; wins over the recipe's input pins
-    dims: dict[str, PositiveInt] = {}  # dim_param -> value, e.g. {"batch": 1}
-    default: PositiveInt | None = None  # for any dim still dynamic; None makes such a dim an error
+    shapes: dict[str, list[PositiveInt]] = Field(
+        default_factory=dict, description="input name -> full static shape; wins over the recipe's input.shapes")
+    dims: dict[str, PositiveInt] = Field(default_factory=dict, description="symbolic dim name -> size, e.g. {batch: 1}")
+    default: PositiveInt | None = Field(None, description="size for any dim still dynamic; null makes such a dim an error")
 
 
 def _is_static(dim: onnx.TensorShapeProto.Dimension) -> bool:

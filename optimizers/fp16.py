@@ -11,6 +11,7 @@ from collections import Counter
 import onnx
 import onnx_ir as ir
 from onnx import TensorProto
+from pydantic import Field
 from onnx_ir.passes.common import TopologicalSortPass
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -19,10 +20,10 @@ from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
 
 class Fp16Config(PassConfig):
-    keep_io_types: bool = True  # float32 inputs/outputs with Casts inside, so callers feed the same arrays
-    op_block_list: list[str] | None = None  # None: the library's default list
-    node_block_list: list[str] = []
-    force_fp16_initializers: bool = False  # also convert weights used only by blocked nodes
+    keep_io_types: bool = Field(True, description="keep float32 inputs/outputs (Casts inside) so callers feed the same arrays")
+    op_block_list: list[str] | None = Field(None, description="op types kept in float32; null = onnxruntime's default list")
+    node_block_list: list[str] = Field(default_factory=list, description="node names kept in float32")
+    force_fp16_initializers: bool = Field(False, description="also convert weights used only by blocked nodes")
 
 
 def _float_initializers(model: onnx.ModelProto, dtype: int) -> set[str]:

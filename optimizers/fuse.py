@@ -19,9 +19,10 @@ import onnxruntime as ort
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from accelopt.converters.onnx_io import is_large, save_model
+from pydantic import Field
+
 from accelopt.errors import ConversionError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
-from accelopt.optimizers.simplify import op_delta, op_histogram
 
 _ORT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -31,9 +32,13 @@ _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
 
 class FuseConfig(PassConfig):
-    conv_bn: bool = True
-    ort: Literal["off", "basic", "extended"] = "extended"  # never "all": it writes host-specific NCHWc layouts
-    transformer: Literal["auto", "bert", "off"] = "auto"  # "auto": only when the graph looks like an encoder
+    conv_bn: bool = Field(True, description="fold BatchNormalization into the Conv/ConvTranspose/Gemm before it")
+    ort: Literal["off", "basic", "extended"] = Field(
+        "extended", description="ONNX Runtime offline graph optimization (ORT target only); never 'all', which "
+                                "bakes host-specific NCHWc layouts into the file")
+    transformer: Literal["auto", "bert", "off"] = Field(
+        "auto", description="onnxruntime.transformers fusions (Attention, SkipLayerNorm, Gelu); auto = only for "
+                            "graphs that look like a BERT-style encoder")
 
 
 # --- Conv + BatchNormalization -------------------------------------------------------------------------------
@@ -216,7 +221,6 @@ class Fuse(Pass):
             onnx.checker.check_model(out)
         except onnx.checker.ValidationError as e:
             raise ConversionError(f"fuse: result fails onnx.checker ({str(e).strip().splitlines()[0][:200]})") from e
-        ctx.decide("op_delta", op_delta(op_histogram(model), op_histogram(out)))
         if out is model:  # every step was off or found nothing: still hand back a model of our own
             out = onnx.ModelProto()
             out.CopyFrom(model)

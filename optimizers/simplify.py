@@ -4,25 +4,16 @@ initializers so the passes after it find every weight in one place."""
 from __future__ import annotations
 
 import inspect
-from collections import Counter
 
 import onnx
 import onnx_ir as ir
 import onnxsim
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
+from pydantic import Field
+
 from accelopt.errors import ConversionError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
-
-
-def op_histogram(model: onnx.ModelProto) -> Counter[str]:
-    """Node count per op type of the main graph; custom-domain ops are written `domain:Op`."""
-    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}:{n.op_type}" for n in model.graph.node)
-
-
-def op_delta(before: Counter[str], after: Counter[str]) -> dict[str, int]:
-    """What changed per op type, e.g. {"Constant": -308, "Shape": -20}; unchanged ops are left out."""
-    return {op: after[op] - before[op] for op in sorted(before | after) if after[op] != before[op]}
 
 
 def static_shapes(shapes: dict[str, list[int | str]]) -> dict[str, list[int]]:
@@ -41,10 +32,10 @@ _NO_CERTIFY = {"certify": False} if "certify" in inspect.signature(onnxsim.simpl
 
 
 class SimplifyConfig(PassConfig):
-    check_n: int = 0  # onnxsim's own random-input check; accelopt validates every step separately
-    skip_shape_inference: bool = False
-    skip_constant_folding: bool = False
-    fold_bn: bool = False  # off: the `fuse` step folds BN and reports what it folded
+    check_n: int = Field(0, ge=0, description="onnxsim's own random-input check runs; accelopt validates every step anyway")
+    skip_shape_inference: bool = Field(False, description="skip onnxsim's shape inference (for models it cannot infer)")
+    skip_constant_folding: bool = Field(False, description="keep constant subgraphs as they are")
+    fold_bn: bool = Field(False, description="let onnxsim fold BatchNorm; off because `fuse` folds and reports it")
 
 
 @register
@@ -74,7 +65,4 @@ class Simplify(Pass):
         out = lift_constants(simplified)
         if pins:
             ctx.decide("pinned_shapes", pins)
-        ctx.decide("nodes_before", len(model.graph.node))
-        ctx.decide("nodes_after", len(out.graph.node))
-        ctx.decide("op_delta", op_delta(op_histogram(model), op_histogram(out)))
         return out

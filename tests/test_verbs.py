@@ -149,3 +149,12 @@ def test_demo_example_converts(cli, tmp_path):
     assert rep["final"]["accuracy_drop"] == 0.0
     assert rep["steps"][1]["decisions"]["conv_bn_folded"] == 3
     assert all(g["passed"] for g in rep["gates"])
+
+
+def test_steps_reference_doc_is_current(cli):
+    """docs/steps.md is generated from the registry; regenerate it when a pass changes."""
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "steps.md"
+    assert cli("recipes", "steps", "--markdown").out == doc.read_text(), \
+        "docs/steps.md is stale: accelopt recipes steps --markdown > docs/steps.md"
