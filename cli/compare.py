@@ -10,7 +10,7 @@ import typer
 from accelopt.cli.console import out, print_json, table
 from accelopt.cli.options import SHAPE_HELP, feeds_for, parse_shapes
 from accelopt.converters.onnx_io import load_model
-from accelopt.errors import EXIT_GATE_FAILED
+from accelopt.errors import EXIT_GATE_FAILED, BadInputError
 from accelopt.metrics import TaskSpec, compare_outputs
 from accelopt.report import fmt
 from accelopt.targets.base import run_all
@@ -25,18 +25,20 @@ def compare(
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: per --precision)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: per --precision)."),
     precision: str = typer.Option("fp32", "--precision", help="Picks default tolerances: fp32, fp16, int8, int4."),
-    task: str = typer.Option("raw", "--task", help="raw | classification | embedding (detection needs a recipe's task section)."),
+    task: str = typer.Option("auto", "--task", help="auto | raw | classification | embedding. auto: classification (top-1 agreement) when the first output is [samples, classes], raw otherwise. Detection needs a recipe's task section."),
     shapes: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Per output: max abs/rel error, cosine, SQNR, top-1 agreement, and the minimum tolerances that
     would pass. An element fails only where both atol and rtol are exceeded. Exit 1 on mismatch."""
-    spec = TaskSpec(kind=task)
+    if task not in ("auto", "raw", "classification", "embedding"):
+        raise BadInputError(f"--task {task!r}: expected auto, raw, classification or embedding")
     ref = OrtRunner(load_model(reference, check=False))
     cand = OrtRunner(load_model(candidate, check=False))
     feeds, source = feeds_for(ref.inputs, data, parse_shapes(shapes), samples)
-    metrics = compare_outputs(run_all(ref, feeds), run_all(cand, feeds), task=spec, precision=precision,
-                              atol=atol, rtol=rtol)
+    ref_out = run_all(ref, feeds)
+    spec = TaskSpec(kind=_guess_task(ref_out) if task == "auto" else task)
+    metrics = compare_outputs(ref_out, run_all(cand, feeds), task=spec, precision=precision, atol=atol, rtol=rtol)
     passed = all(m.passed for m in metrics)
     if as_json:
         print_json({"reference": str(reference), "candidate": str(candidate), "data": source,
@@ -52,3 +54,10 @@ def compare(
         out.print("[bold green]MATCH[/]" if passed else "[bold red]MISMATCH[/]")
     if not passed:
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _guess_task(outputs: dict) -> str:
+    """Top-1 agreement applies when the first output looks like class scores: [samples, classes] floats."""
+    first = next(iter(outputs.values()))
+    is_scores = first.ndim == 2 and first.shape[1] > 1 and first.dtype.kind == "f"
+    return "classification" if is_scores else "raw"

@@ -32,19 +32,27 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
 @app.command("show")
 def show(name: str = typer.Argument(..., help="A built-in recipe name."),
-         resolved: bool = typer.Option(False, "--resolved", help="Show it with every default filled in.")) -> None:
+         resolved: bool = typer.Option(False, "--resolved", help="Show it with every default filled in."),
+         as_json: bool = typer.Option(False, "--json", help="The resolved recipe as JSON.")) -> None:
     """Print a built-in recipe (its commented YAML, or the resolved form)."""
+    if as_json:
+        print_json(load_recipe(name).to_yaml_dict())
+        return
     text = dump_yaml(load_recipe(name)) if resolved else builtin_path(name).read_text()
     out.print(text, end="", markup=False)
 
 
 @app.command("validate")
 def validate(path: Path = typer.Argument(..., help="A recipe YAML file."),
-             overrides: list[str] = typer.Option([], "--set", help="Overrides to validate with it.")) -> None:
-    """Check a recipe without running it: unknown keys, bad values and unknown steps fail here."""
+             overrides: list[str] = typer.Option([], "--set", help="Overrides to validate with it."),
+             as_json: bool = typer.Option(False, "--json", help="Print the resolved recipe as JSON when valid.")) -> None:
+    """Check a recipe without running it: unknown keys, bad values and unknown steps fail here (exit 2)."""
     if not path.exists():
         raise BadInputError(f"recipe not found: {path}")
     r = load_recipe(str(path), overrides)
+    if as_json:
+        print_json({"valid": True, "path": str(path), "recipe": r.to_yaml_dict()})
+        return
     out.print(f"ok: {path} (recipe {r.name!r}, {len(r.steps)} step(s): "
               f"{', '.join(s.name for s in r.steps) or 'none'}; target {r.target.name})")
 

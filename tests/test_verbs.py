@@ -158,3 +158,20 @@ def test_steps_reference_doc_is_current(cli):
     doc = Path(__file__).resolve().parents[1] / "docs" / "steps.md"
     assert cli("recipes", "steps", "--markdown").out == doc.read_text(), \
         "docs/steps.md is stale: accelopt recipes steps --markdown > docs/steps.md"
+
+
+def test_compare_auto_task_reports_top1(cli, conv_bn_path):
+    out = json.loads(cli("compare", conv_bn_path, conv_bn_path, "--json").out)["outputs"][0]
+    assert out["top1_agreement"] == 1.0  # [samples, classes] output: top-1 applies
+    raw = json.loads(cli("compare", conv_bn_path, conv_bn_path, "--task", "raw", "--json").out)["outputs"][0]
+    assert raw["top1_agreement"] is None
+    assert cli("compare", conv_bn_path, conv_bn_path, "--task", "yolo").code == 2
+
+
+def test_recipes_json_forms(cli, tmp_path):
+    shown = json.loads(cli("recipes", "show", "cpu-fp32", "--json").out)
+    assert shown["steps"][0] == {"simplify": {"check_n": 0, "skip_shape_inference": False,
+                                              "skip_constant_folding": False, "fold_bn": False}}
+    good = tmp_path / "good.yaml"
+    good.write_text("version: 1\nextends: cpu-fp32\n")
+    assert json.loads(cli("recipes", "validate", good, "--json").out)["valid"] is True
