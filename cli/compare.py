@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from accelopt.cli.console import out, print_json, table
+from accelopt.cli.console import out, print_json, table, verdict
 from accelopt.cli.options import SHAPE_HELP, feeds_for, parse_shapes
 from accelopt.converters.onnx_io import load_model
 from accelopt.errors import EXIT_GATE_FAILED, BadInputError
@@ -47,11 +47,11 @@ def compare(
         rows = [(m.name, fmt(m.max_abs, ".3e"), fmt(m.max_rel, ".3e"), fmt(m.cosine, ".6f"), fmt(m.sqnr_db, ".1f"),
                  "-" if m.top1_agreement is None else f"{100 * m.top1_agreement:.1f}%",
                  f"{m.atol:g}/{m.rtol:g}", f"{m.min_atol:.3g}/{m.min_rtol:.3g}",
-                 "[green]pass[/]" if m.passed else "[red]FAIL[/]") for m in metrics]
+                 verdict(m.passed)) for m in metrics]
         out.print(table(f"{candidate.name} vs {reference.name} on {source}",
                         ["output", "max abs", "max rel", "cosine", "SQNR dB", "top-1", "atol/rtol", "min atol/rtol", "result"],
                         rows, numeric={1, 2, 3, 4, 5}))
-        out.print("[bold green]MATCH[/]" if passed else "[bold red]MISMATCH[/]")
+        out.print(verdict(passed, "MATCH", "MISMATCH"))
     if not passed:
         raise typer.Exit(EXIT_GATE_FAILED)
 

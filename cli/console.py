@@ -7,7 +7,9 @@ import sys
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Wide when piped (CI logs, grep): tables must not wrap into unreadable columns.
 out = Console(highlight=False)
@@ -34,10 +36,17 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     numeric = numeric or set()
     for i, c in enumerate(columns):
         t.add_column(c, justify="right" if i in numeric else "left")
-    for r in rows:
-        t.add_row(*(str(x) for x in r))
+    for r in rows:  # plain values are escaped: a shape like [batch, 1, 8, 8] is not a style tag
+        t.add_row(*(x if isinstance(x, Text) else escape(str(x)) for x in r))
     return t
 
 
+def verdict(ok: bool, good: str = "pass", bad: str = "FAIL", detail: str = "") -> Text:
+    text = Text(good if ok else bad, style="green" if ok else "red")
+    if detail and not ok:
+        text.append(f" {detail}")
+    return text
+
+
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(message)}")

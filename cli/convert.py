@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from accelopt import pipeline
-from accelopt.cli.console import err, out, print_json, table, warn
+from accelopt.cli.console import err, out, print_json, table, verdict, warn
 from accelopt.errors import EXIT_GATE_FAILED
 from accelopt.recipes.schema import dump_yaml, load_recipe
 from accelopt.report import COLUMNS, fmt, step_rows
@@ -64,8 +64,8 @@ def _progress_events(progress: Progress, task: Any, name: str):
 
 def render(report: dict[str, Any], output: Path) -> None:
     inp = report["input"]
-    out.print(f"[bold]{report['recipe']['name']}[/]  {inp['path']}  ({inp['node_count']} nodes, "
-              f"{inp.get('params', 0):,} params)  data: {report['data']['evaluation']['source']}")
+    out.print(f"{report['recipe']['name']}  {inp['path']}  ({inp['node_count']} nodes, "
+              f"{inp.get('params', 0):,} params)  data: {report['data']['evaluation']['source']}", markup=False)
     rows = step_rows(report)
     out.print(table(None, [h for _, h in COLUMNS], ([r[k] for k, _ in COLUMNS] for r in rows),
                     numeric=set(range(1, len(COLUMNS)))))
@@ -76,10 +76,10 @@ def render(report: dict[str, Any], output: Path) -> None:
     if report["gates"]:
         out.print(table("gates", ["gate", "threshold", "value", "result"],
                         ([g["name"], g["threshold"], fmt(g["value"]),
-                          "[green]pass[/]" if g["passed"] else f"[red]FAIL[/] {g['reason']}"] for g in report["gates"])))
+                          verdict(g["passed"], detail=g["reason"])] for g in report["gates"])))
     for w in report["warnings"]:
         warn(w)
     for a in report["artifacts"]:
-        out.print(f"artifact: {output / a['path']}  {a['bytes']:,} bytes  sha256 {a['sha256'][:16]}")
-    out.print(f"report: {output / 'report.md'}, {output / 'report.json'}")
-    out.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]GATE FAILED[/]")
+        out.print(f"artifact: {output / a['path']}  {a['bytes']:,} bytes  sha256 {a['sha256'][:16]}", markup=False)
+    out.print(f"report: {output / 'report.md'}, {output / 'report.json'}", markup=False)
+    out.print(verdict(report["passed"], "PASSED", "GATE FAILED"))

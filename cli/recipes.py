@@ -54,7 +54,7 @@ def validate(path: Path = typer.Argument(..., help="A recipe YAML file."),
         print_json({"valid": True, "path": str(path), "recipe": r.to_yaml_dict()})
         return
     out.print(f"ok: {path} (recipe {r.name!r}, {len(r.steps)} step(s): "
-              f"{', '.join(s.name for s in r.steps) or 'none'}; target {r.target.name})")
+              f"{', '.join(s.name for s in r.steps) or 'none'}; target {r.target.name})", markup=False)
 
 
 @app.command("steps")
@@ -85,4 +85,4 @@ def init(target: str = typer.Option("onnxruntime", "--target", "-t", help="The t
     if output.exists():
         raise BadInputError(f"{output} exists; choose another path or delete it first")
     output.write_text(text)
-    out.print(f"wrote {output}; check it with: accelopt recipes validate {output}")
+    out.print(f"wrote {output}; check it with: accelopt recipes validate {output}", markup=False)

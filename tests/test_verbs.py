@@ -175,3 +175,8 @@ def test_recipes_json_forms(cli, tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("version: 1\nextends: cpu-fp32\n")
     assert json.loads(cli("recipes", "validate", good, "--json").out)["valid"] is True
+
+
+def test_inspect_shows_symbolic_dims_literally(cli, conv_bn_path):
+    """A shape like [batch, 3, 16, 16] must not be eaten as a terminal style tag."""
+    assert "[batch, 3, 16, 16]" in cli("inspect", conv_bn_path).out
