@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from accelopt.errors import ConversionError
-from accelopt.optimizers import REGISTRY, Pass, PassConfig
+from accelopt.optimizers import REGISTRY, Pass
 from tests import models
 from tests.conftest import sha256
 
@@ -170,33 +171,104 @@ def test_missing_extra_is_named(cli, conv_bn_path, tmp_path):
     assert "[coreml] extra" in r.err
 
 
-class _Explodes(PassConfig):
-    pass
+@pytest.fixture
+def temp_pass():
+    """Register a pass for one test only."""
+    added = []
+
+    def add(cls):
+        REGISTRY[cls.name] = cls
+        added.append(cls.name)
+        return cls
+
+    yield add
+    for name in added:
+        del REGISTRY[name]
 
 
-def test_failing_step_exits_3_without_output(cli, conv_bn_path, tmp_path):
+def test_failing_step_exits_3_without_output(cli, conv_bn_path, tmp_path, temp_pass):
+    @temp_pass
     class Boom(Pass):
         name = "boom"
         summary = "always fails (test)"
-        Config = _Explodes
 
         def apply(self, model, config, ctx):
             raise RuntimeError("kernel exploded")
 
-    REGISTRY["boom"] = Boom
-    try:
-        recipe = tmp_path / "r.yaml"
-        recipe.write_text("version: 1\nsteps: [simplify, boom]\n")
-        out = tmp_path / "out"
-        r = cli("convert", conv_bn_path, "-r", recipe, "-o", out)
-        assert r.code == 3
-        assert "step 'boom' failed: RuntimeError: kernel exploded" in r.err
-        assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
-        with pytest.raises(ConversionError) as info:  # --debug: the traceback, original cause chained
-            cli("--debug", "convert", conv_bn_path, "-r", recipe, "-o", out)
-        assert isinstance(info.value.__cause__, RuntimeError)
-    finally:
-        del REGISTRY["boom"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps: [simplify, boom]\n")
+    out = tmp_path / "out"
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", out)
+    assert r.code == 3
+    assert "step 'boom' failed: RuntimeError: kernel exploded" in r.err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    with pytest.raises(ConversionError) as info:  # --debug: the traceback, original cause chained
+        cli("--debug", "convert", conv_bn_path, "-r", recipe, "-o", out)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def _detector_head() -> onnx.ModelProto:
+    """y = x * scale: rows 0..3 are box coordinates (x320), rows 4..83 class scores, like a YOLOv8 head."""
+    scale = np.ones((1, 84, 1), np.float32)
+    scale[:, :4] = 320.0
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"], name="head")], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 84, 100])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 84, 100])],
+        initializer=[numpy_helper.from_array(scale, "scale")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("task, code", [("{kind: raw}", 0), ("{kind: detection, axis: 1, boxes: [0, 4], scores: [4, null]}", 1)])
+def test_detection_task_catches_zeroed_scores(cli, tmp_path, temp_pass, task, code):
+    """A step that zeroes every class score keeps the whole-output cosine at 0.999+; only the
+    task-aware split exposes it and fails the gate."""
+
+    @temp_pass
+    class ZeroScores(Pass):
+        name = "zero-scores"
+        summary = "breaks the scores like a shared quantization scale would (test)"
+
+        def apply(self, model, config, ctx):
+            out = onnx.ModelProto()
+            out.CopyFrom(model)
+            scale = numpy_helper.to_array(out.graph.initializer[0]).copy()
+            scale[:, 4:] = 0.0
+            out.graph.initializer[0].CopyFrom(numpy_helper.from_array(scale, "scale"))
+            return out
+
+    src = tmp_path / "head.onnx"
+    onnx.save(_detector_head(), str(src))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\ntask: {task}\ninput: {{shapes: {{x: [2, 84, 100]}}}}\n"
+                      "steps: [zero-scores]\nvalidation: {latency: false}\ngates: {min_cosine: 0.99}\n")
+    r = cli("convert", src, "-r", recipe, "-o", tmp_path / "out", "--json")
+    assert r.code == code, r.err
+    metrics = {m["name"]: m for m in json.loads(r.out)["final"]["metrics"]}
+    if code == 0:
+        assert metrics["y"]["cosine"] > 0.99  # the blind spot: one cosine over boxes and scores
+    else:
+        assert metrics["y[boxes]"]["cosine"] == pytest.approx(1.0)
+        assert metrics["y[scores]"]["cosine"] < 0.01
+
+
+def test_input_model_ort_cannot_run_is_bad_input(cli, tmp_path):
+    graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="acme.ops")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme.ops", 1)],
+                              ir_version=8)
+    src = tmp_path / "custom.onnx"
+    onnx.save(model, str(src))
+    r = cli("convert", src, "-o", tmp_path / "out")
+    assert r.code == 2 and "onnxruntime cannot load the input model" in r.err
+
+
+def test_recipe_data_file_missing(cli, conv_bn_path, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nextends: cpu-fp32\ndata: {evaluation: {type: npz, path: nowhere.npz}}\n")
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / "out")
+    assert r.code == 2 and "nowhere.npz" in r.err and len(r.err.strip().splitlines()) == 1
 
 
 def test_external_data_end_to_end(cli, tmp_path, monkeypatch):
