@@ -101,8 +101,13 @@ def estimate_macs(
     """
     copy, pinned = _pinned_copy(model, input_shapes or {})
     counts = _mac_counts(copy.graph, _infer_shapes(copy))
-    unknown = [node.name or node.op_type for node, value in counts if value is None]
     notes = [f"dynamic dims set to 1 for the estimate: {', '.join(pinned)}"] if pinned else []
+    if any(value is None for _, value in counts) and not is_large(model):
+        folded = _constant_folded(model, {v.name: _shape(v) for v in _graph_inputs(copy.graph)})
+        if folded is not None:
+            counts = _mac_counts(folded.graph, _infer_shapes(folded))
+            notes.append("shapes found after onnxsim constant folding")
+    unknown = [node.name or node.op_type for node, value in counts if value is None]
     if unknown:
         notes.append(f"shapes unknown for {len(unknown)} op(s), e.g. {unknown[0]}")
     note = "; ".join(notes) or None
@@ -112,6 +117,19 @@ def estimate_macs(
     for node, value in counts:
         by_op[node.op_type] += value or 0
     return sum(by_op.values()), dict(by_op.most_common()), note
+
+
+def _constant_folded(model: onnx.ModelProto, pins: dict[str, Shape | None]) -> onnx.ModelProto | None:
+    """Shape subgraphs that neither shape inference can see through (Paddle exports build Reshape
+    targets from Shape/Slice/Concat chains) disappear once onnxsim folds them; compute is unchanged."""
+    import onnxsim
+
+    static = {name: shape for name, shape in pins.items() if _is_static(shape)}
+    try:
+        folded, _ = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True, overwrite_input_shapes=static or None)
+    except Exception:  # best effort: unknown shapes only make macs None
+        return None
+    return folded
 
 
 def _mac_counts(graph: onnx.GraphProto, shapes: Shapes) -> list[tuple[onnx.NodeProto, int | None]]:
@@ -171,7 +189,8 @@ def _shape(value: onnx.ValueInfoProto) -> Shape | None:
 
 
 def _is_static(shape: Shape | None) -> bool:
-    return shape is not None and all(isinstance(d, int) for d in shape)
+    """Every dim a positive int: exporters write dynamic dims as dim_param, unset, or -1 (Paddle)."""
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
 def _io_entry(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -277,7 +296,7 @@ def _pin_dims(value: onnx.ValueInfoProto, given: list[int] | None) -> list[str]:
         pin = given[i] if given is not None and i < len(given) and isinstance(given[i], int) else None
         if pin is not None:
             dim.dim_value = pin
-        elif not dim.HasField("dim_value"):
+        elif not dim.HasField("dim_value") or dim.dim_value <= 0:
             pinned.append(dim.dim_param or f"{value.name}[{i}]")
             dim.dim_value = 1
     return pinned

@@ -201,14 +201,14 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     _emit(opts, "stage", name="load")
     model = load_model(model_path)
     input_sha = sha256_file(model_path)
-    summary = summarize(model, str(model_path), recipe.input.shapes or None)
     target = get_target(recipe.target.name, recipe.target.options)
-    if not summary.ort_loads:
-        raise BadInputError(f"{model_path}: onnxruntime cannot load the input model: {summary.ort_error}")
-
-    ref_runner = OrtRunner(model, threads=recipe.validation.threads)
+    try:
+        ref_runner = OrtRunner(model, threads=recipe.validation.threads)
+    except ConversionError as e:
+        raise BadInputError(f"{model_path}: onnxruntime cannot load the input model ({e})") from e
     evaluation, calibration = _load_data(recipe, opts, ref_runner, warn)
     probe = evaluation.take(min(recipe.validation.samples, len(evaluation)))
+    summary = summarize(model, str(model_path), recipe.input.shapes or _sample_shapes(probe))
     _emit(opts, "stage", name="reference")
     ref_out = run_all(ref_runner, probe.feeds)
     ref = Reference(ref_runner, ref_out, _task_accuracy(recipe, ref_out, probe.labels), None)
@@ -309,6 +309,11 @@ def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, probe: Data
     if again["output"].median_ms < final["latency"]["median_ms"]:
         final["latency"] = again["output"].to_dict()
     final["speedup"] = ref.latency.median_ms / final["latency"]["median_ms"]
+
+
+def _sample_shapes(data: Dataset) -> dict[str, list[int]]:
+    """One sample's real shapes: the MAC estimate needs concrete dims where the model has dynamic ones."""
+    return {name: [1, *arr.shape[1:]] for name, arr in data.feeds.items()}
 
 
 def _summary_fields(summary) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# accelopt report: {report['recipe']['name']}", "",
              f"- input: `{inp['path']}` (sha256 `{inp['sha256'][:16]}…`, {inp['node_count']} nodes, "
              f"{inp.get('params', 0):,} parameters, MACs {fmt(inp.get('macs'), ',') if inp.get('macs') else 'unknown'})",
-             f"- data: {report['data']['evaluation']['source']} ({report['data']['evaluation']['compared']} samples compared)",
+             f"- data: {report['data']['evaluation']['source']}; {report['data']['evaluation']['compared']} samples compared",
              f"- target: {report['target']['name']}; latency at batch {lat.get('batch', '-')}, "
              f"{lat.get('threads', '-')} thread(s), median of {lat.get('runs', '-')} runs",
              f"- result: **{'PASSED' if report['passed'] else 'GATE FAILED'}**", "",

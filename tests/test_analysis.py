@@ -7,6 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from accelopt.analysis import estimate_macs, summarize
+from tests import models
 
 
 def _conv_gemm_model() -> onnx.ModelProto:
@@ -130,3 +131,12 @@ def test_ort_symbolic_inference_fills_what_onnx_cannot():
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     assert estimate_macs(model, {"x": [3, 8]}) == (3 * 8 * 4, {"MatMul": 96}, None)
+
+
+def test_minus_one_dims_are_dynamic_and_pinned():
+    """Paddle2ONNX writes the batch dim as -1: it is dynamic, never a negative size in the estimate."""
+    s = summarize(models.paddle_style_model(), input_shapes={"x": [2, 3, 8, 8]})
+    assert s.dynamic_inputs == ["x"]
+    assert s.macs == 2 * 2 * 8 * 8 * 3  # Conv 3->2, 1x1, at 2x8x8
+    unpinned = summarize(models.paddle_style_model())
+    assert unpinned.macs == 2 * 3 and "x[0]" in unpinned.macs_note
