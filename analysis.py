@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import onnx
 
-from accelopt.converters.onnx_io import is_large, model_bytes, model_files, save_model
+from accelopt.converters.onnx_io import copy_model, is_large, model_bytes, model_files, save_model
 
 Shape = list[int | str | None]
 Shapes = dict[str, Shape | None]  # tensor name -> shape, None where even the rank is unknown
@@ -126,7 +126,7 @@ def _constant_folded(model: onnx.ModelProto, pins: dict[str, Shape | None]) -> o
 
     static = {name: shape for name, shape in pins.items() if _is_static(shape)}
     try:
-        folded, _ = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True, overwrite_input_shapes=static or None)
+        folded, _ = onnxsim.simplify(copy_model(model), check_n=0, skip_fuse_bn=True, overwrite_input_shapes=static or None)
     except Exception:  # best effort: unknown shapes only make macs None
         return None
     return folded

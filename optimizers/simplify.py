@@ -12,6 +12,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from pydantic import Field
 
+from accelopt.converters.onnx_io import copy_model
 from accelopt.errors import ConversionError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
@@ -48,7 +49,7 @@ class Simplify(Pass):
         pins = static_shapes(ctx.input_shapes)
         try:
             simplified, ok = onnxsim.simplify(
-                model,
+                copy_model(model),
                 check_n=config.check_n,
                 skip_fuse_bn=not config.fold_bn,
                 skip_shape_inference=config.skip_shape_inference,
