@@ -8,6 +8,7 @@ input model on the evaluation data, optional latency), so a step can never silen
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from accelopt.latency import batch_feeds, side_by_side, speedup
 from accelopt.metrics import OutputMetrics, accuracy, compare_outputs, worst
 from accelopt.optimizers import PassContext, get_pass
 from accelopt.recipes.schema import Recipe
-from accelopt.report import REPORT_SCHEMA, evaluate_gates, write_reports
+from accelopt.report import REPORT_FILES, REPORT_SCHEMA, evaluate_gates, write_reports
 from accelopt.targets import get_target
 from accelopt.targets.base import LatencyStats, run_all
 from accelopt.targets.onnxruntime import OrtRunner
@@ -247,7 +248,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             listed = "; ".join(f"{f.node + ': ' if f.node else ''}{f.message}" for f in errors[:5])
             raise ConversionError(f"target {target.name} cannot take the model ({len(errors)} problem(s)): {listed}")
 
-        with staged_dir(opts.out_dir) as stage:
+        with staged_dir(opts.out_dir, replaces=_previous_outputs(opts.out_dir)) as stage:
             artifact = target.lower(current, stage)
             final = _final_check(target, artifact, recipe, ref, probe, precision, warn, timed)
             report = {
@@ -309,6 +310,16 @@ def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, probe: Data
     if again["output"].median_ms < final["latency"]["median_ms"]:
         final["latency"] = again["output"].to_dict()
     final["speedup"] = ref.latency.median_ms / final["latency"]["median_ms"]
+
+
+def _previous_outputs(out_dir: Path) -> list[str]:
+    """Files an earlier accelopt run wrote to `out_dir`, read from its report.json."""
+    try:
+        old = json.loads((Path(out_dir) / "report.json").read_text())
+        names = [a["path"] for a in old.get("artifacts", [])]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return [n for n in names if Path(n).name == n] + list(REPORT_FILES)
 
 
 def _sample_shapes(data: Dataset) -> dict[str, list[int]]:

@@ -8,6 +8,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 REPORT_SCHEMA = "accelopt.report/1"
+REPORT_FILES = ("report.json", "report.md", "junit.xml")
 
 
 def _gate(name: str, threshold: float, value: float | None, ok: bool | None, why: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -109,10 +109,12 @@ def model_files(path: str | os.PathLike) -> list[Path]:
 
 
 @contextmanager
-def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+def staged_dir(final: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a temp dir beside `final`; on success its files move into `final`, on error nothing does.
 
-    A failed run therefore never leaves a half-written artifact under its final name.
+    A failed run therefore never leaves a half-written artifact under its final name. `replaces`
+    names files of an earlier run in `final` that go when the new ones arrive (so a stale
+    junit.xml or external-data file never sits beside a new report); nothing else there is touched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,10 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     final.mkdir(parents=True, exist_ok=True)
+    for name in replaces:
+        old = final / name
+        if old.is_file() and not (tmp / name).exists():
+            old.unlink()
     for item in tmp.iterdir():
         dest = final / item.name
         if dest.is_dir() and not dest.is_symlink():

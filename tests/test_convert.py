@@ -286,3 +286,15 @@ def test_external_data_end_to_end(cli, tmp_path, monkeypatch):
     names = {a["path"] for a in _report(out)["artifacts"]}
     assert names == {"model.onnx", "model.onnx.data"}
     assert _report(out)["final"]["worst"]["cosine"] > 0.9999
+
+
+def test_rerun_into_same_dir_leaves_no_stale_outputs(cli, conv_bn_path, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli("convert", conv_bn_path, "-o", out, "--junit", *FAST).code == 0
+    assert (out / "junit.xml").exists()
+    assert cli("convert", conv_bn_path, "-o", out, *FAST).code == 0
+    assert not (out / "junit.xml").exists()  # from the earlier run: gone
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: untouched
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md", "notes.txt"}
