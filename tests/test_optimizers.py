@@ -269,3 +269,11 @@ def test_config_rejects_bad_values():
         get_pass("fuse").Config(ort="all")
     with pytest.raises(ValidationError):
         get_pass("fix-shapes").Config(dims={"batch": 0})
+
+
+def test_simplify_output_stays_standard_onnx(tmp_path):
+    """onnxsim 0.8 would fuse attention into com.microsoft.Attention, which only ORT runs."""
+    model = models.tiny_bert_like()
+    out, _ = apply("simplify", model, tmp_path, input_shapes={"x": [2, 8, 16]})
+    assert {n.domain for n in out.graph.node} <= {"", "ai.onnx"}
+    assert ops(out).count("MatMul") == 8  # not rewritten into Reshape/Gemm/Reshape
