@@ -39,6 +39,12 @@ class ConversionError(AccelError):
     exit_code = EXIT_CONVERSION_FAILED
 
 
+class Interrupted(AccelError):
+    """Ctrl-C: a distinct code (128 + SIGINT), never confused with a failed gate."""
+
+    exit_code = 130
+
+
 class GateFailed(AccelError):
     """The pipeline ran but a recipe gate was missed."""
 

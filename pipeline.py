@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -217,6 +218,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         warnings.append(msg)
         _emit(opts, "warning", message=msg)
 
+    _check_writable(opts.out_dir)
     versions = tool_versions()
     _emit(opts, "stage", name="load")
     model = load_model(model_path)
@@ -329,6 +331,16 @@ def _confirm_slowdown(final: dict[str, Any], runner, ref: Reference, feeds: dict
     if again["output"].median_ms < final["latency"]["median_ms"]:
         final["latency"] = again["output"].to_dict()
     final["speedup"] = ref.latency.median_ms / final["latency"]["median_ms"]
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any work, not after minutes of it, when the output folder cannot be written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"output {out_dir} exists and is not a folder")
+    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise BadInputError(f"cannot write to {parent} (for output {out_dir})")
 
 
 def _previous_outputs(out_dir: Path) -> list[str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
 
 from accelopt.cli import bench, compare, convert, inspect, recipes
-from accelopt.errors import EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, AccelError
+from accelopt.errors import EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, AccelError, Interrupted
 
 app = typer.Typer(
     name="accelopt",
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("ACCELOPT_DEBUG") == "1"
     command = typer.main.get_command(app)
+    previous = signal.signal(signal.SIGINT, _interrupt)
     try:
         # Standalone mode: the CLI layer prints usage errors itself (exit 2) and exits via SystemExit.
         command.main(args=args, prog_name="accelopt", standalone_mode=True)
@@ -55,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         sys.stderr.write(f"error: internal error {type(e).__name__}: {msg} (rerun with --debug for the traceback)\n")
         return EXIT_CONVERSION_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C as an AccelError: the CLI layer would turn KeyboardInterrupt into exit 1, a gate failure."""
+    raise Interrupted("interrupted; nothing was written to the output folder")
 
 
 def run() -> None:

@@ -39,11 +39,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# Other model formats a user may hand over, by what identifies them: named, instead of "not ONNX".
+OTHER_FORMATS = {".tflite": "TFLite", ".keras": "Keras", ".h5": "Keras/HDF5", ".pb": "TensorFlow",
+                 ".pt": "PyTorch", ".pth": "PyTorch", ".mlpackage": "Core ML", ".mlmodel": "Core ML",
+                 ".engine": "TensorRT", ".plan": "TensorRT", ".safetensors": "safetensors weights"}
+
+
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX model (with its external data), or raise a one-line `BadInputError`."""
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"model not found: {p}")
+    fmt = "TensorFlow SavedModel" if (p / "saved_model.pb").exists() else OTHER_FORMATS.get(p.suffix.lower())
+    if fmt:
+        raise BadInputError(f"{p} is a {fmt} model; this accelopt reads ONNX (.onnx): export it to ONNX first")
     if p.is_dir():
         raise BadInputError(f"{p} is a directory; expected an .onnx file")
     try:

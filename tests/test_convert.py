@@ -310,3 +310,58 @@ def test_cpu_fp32_keeps_bert_attention_fusable(cli, tmp_path):
     fusions = rep["steps"][1]["decisions"]["transformer_fusions"]
     assert fusions.get("Attention") == 1 and fusions.get("SkipLayerNormalization") == 2
     assert rep["final"]["worst"]["cosine"] > 0.9999
+
+
+@pytest.mark.parametrize("name, message", [("model.tflite", "is a TFLite model"), ("model.pt", "is a PyTorch model")])
+def test_other_formats_are_named(cli, tmp_path, name, message):
+    path = tmp_path / name
+    path.write_bytes(b"\x00" * 64)
+    r = cli("inspect", path)
+    assert r.code == 2 and message in r.err and "export it to ONNX" in r.err
+
+
+def test_output_path_that_is_a_file(cli, conv_bn_path, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    r = cli("convert", conv_bn_path, "-o", target)
+    assert r.code == 2 and "not a folder" in r.err and target.read_text() == "x"
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(cli, conv_bn_path, tmp_path, temp_pass):
+    import os
+    import signal
+
+    @temp_pass
+    class Interrupt(Pass):
+        name = "interrupt"
+        summary = "a user pressing Ctrl-C mid-step (test)"
+
+        def apply(self, model, config, ctx):
+            os.kill(os.getpid(), signal.SIGINT)
+            return model
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps: [interrupt]\n")
+    out = tmp_path / "out"
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", out)
+    assert r.code == 130 and "interrupted" in r.err
+    assert not out.exists()
+
+
+def test_images_data_source_end_to_end(cli, conv_bn_path, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nextends: cpu-fp32\ntask: {kind: classification}\n"
+                      "data: {evaluation: {type: images, path: imgs, size: [16, 16], mean: [0.5], std: [0.25], "
+                      "labels: folders}}\n")
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / "out", "--json", *FAST)
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["data"]["evaluation"]["samples"] == 6 and rep["data"]["evaluation"]["labels"]
+    assert rep["reference"]["accuracy"] is not None and rep["final"]["accuracy_drop"] == 0.0
