@@ -4,43 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from xml.sax.saxutils import escape, quoteattr
 
 REPORT_SCHEMA = "accelopt.report/1"
 REPORT_FILES = ("report.json", "report.md", "junit.xml")
 
 
-def _gate(name: str, threshold: float, value: float | None, ok: bool | None, why: str = "") -> dict[str, Any]:
-    """A gate that cannot be measured fails: a CI gate that silently passes is worse than none."""
-    return {"name": name, "threshold": threshold, "value": value, "passed": bool(ok) if value is not None else False,
-            "reason": why if value is None else ""}
+_NOT_RUN = "the artifact was not run on this machine"
+# gate -> (its value in report["final"], which side the threshold bounds, why it may be unmeasurable)
+GATES: dict[str, tuple[Callable[[dict[str, Any]], float | None], str, str]] = {
+    "min_cosine": (lambda f: (f.get("worst") or {}).get("cosine"), "min", _NOT_RUN),
+    "min_sqnr_db": (lambda f: (f.get("worst") or {}).get("sqnr_db"), "min", _NOT_RUN),
+    "max_accuracy_drop": (lambda f: f.get("accuracy_drop"), "max",
+                          "no accuracy: needs task.kind classification and labels in the evaluation data"),
+    "min_speedup": (lambda f: f.get("speedup"), "min",
+                    "latency not measured (validation.latency is off or no runtime here)"),
+    "max_size_mb": (lambda f: f["size_bytes"] / 1e6, "max", ""),
+}
 
 
 def evaluate_gates(gates: Any, report: dict[str, Any]) -> list[dict[str, Any]]:
-    final = report["final"]
-    w = final.get("worst") or {}
+    """Every gate the recipe sets, judged on the artifact. A gate that cannot be measured fails:
+    a CI gate that silently passes is worse than none."""
     out = []
-    if gates.min_cosine is not None:
-        v = w.get("cosine")
-        out.append(_gate("min_cosine", gates.min_cosine, v, v is not None and v >= gates.min_cosine,
-                         "the artifact was not run on this machine"))
-    if gates.min_sqnr_db is not None:
-        v = w.get("sqnr_db")
-        out.append(_gate("min_sqnr_db", gates.min_sqnr_db, v, v is not None and v >= gates.min_sqnr_db,
-                         "the artifact was not run on this machine"))
-    if gates.max_accuracy_drop is not None:
-        v = final.get("accuracy_drop")
-        out.append(_gate("max_accuracy_drop", gates.max_accuracy_drop, v,
-                         v is not None and v <= gates.max_accuracy_drop,
-                         "no accuracy: needs task.kind classification and labels in the evaluation data"))
-    if gates.min_speedup is not None:
-        v = final.get("speedup")
-        out.append(_gate("min_speedup", gates.min_speedup, v, v is not None and v >= gates.min_speedup,
-                         "latency not measured (validation.latency is off or no runtime here)"))
-    if gates.max_size_mb is not None:
-        v = final["size_bytes"] / 1e6
-        out.append(_gate("max_size_mb", gates.max_size_mb, v, v <= gates.max_size_mb))
+    for name, (read, bound, why) in GATES.items():
+        threshold = getattr(gates, name)
+        if threshold is None:
+            continue
+        value = read(report["final"])
+        passed = value is not None and (value >= threshold if bound == "min" else value <= threshold)
+        out.append({"name": name, "threshold": threshold, "value": value, "passed": passed,
+                    "reason": why if value is None else ""})
     return out
 
 
