@@ -360,8 +360,9 @@ def _sample_shapes(data: Dataset) -> dict[str, list[int]]:
 
 def _summary_fields(summary) -> dict[str, Any]:
     d = summary.to_dict()
-    return {k: d[k] for k in ("size_bytes", "opsets", "inputs", "outputs", "node_count", "op_histogram",
-                              "params", "macs", "macs_note") if k in d}
+    fields = {k: d[k] for k in ("size_bytes", "opsets", "inputs", "outputs", "node_count", "op_histogram",
+                                "params", "macs", "macs_note")}
+    return {**fields, "flops": 2 * d["macs"] if d["macs"] is not None else None}
 
 
 def _data_facts(ds: Dataset, probe: Dataset | None) -> dict[str, Any]:

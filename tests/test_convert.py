@@ -32,6 +32,7 @@ def test_convert_simplifies_fuses_and_reports(cli, conv_bn_path, tmp_path):
     rep = _report(out)
     assert rep["schema"] == "accelopt.report/1"
     assert rep["input"]["sha256"] == before
+    assert rep["input"]["flops"] == 2 * rep["input"]["macs"] > 0
     assert [s["name"] for s in rep["steps"]] == ["simplify", "fuse"]
     fuse = rep["steps"][1]
     assert fuse["decisions"]["conv_bn_folded"] == 2
