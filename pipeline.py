@@ -178,19 +178,23 @@ def _graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelProto, recipe: Recipe,
-              calibration: Dataset | None, target: Any, cache: StepCache | None, tmp: Path,
+              calibration: Dataset | None, evaluation: Dataset, target: Any, cache: StepCache | None, tmp: Path,
               opts: RunOptions, versions: dict[str, str]) -> StepOutcome:
     pass_cls = get_pass(name)
     key = cache_key({
         "model": _model_digest(model), "pass": name, "pass_version": pass_cls.version, "config": config,
         "calibration": calibration.fingerprint() if calibration is not None else None,
+        "evaluation": evaluation.fingerprint(), "task": recipe.task.model_dump(mode="json"),
+        "threads": recipe.validation.threads,
         "shapes": recipe.input.shapes, "target": recipe.target.model_dump(mode="json"), "tools": versions,
     })
     if cache is not None and (hit := cache.get(key)) is not None:
         out, record = hit
         return StepOutcome(out, {**record, "cached": True})
-    ctx = PassContext(tmp_dir=tmp / f"step{index}-{name}", calibration=calibration,
-                      input_shapes=dict(recipe.input.shapes), target=target,
+    ctx = PassContext(tmp_dir=tmp / f"step{index}-{name}", calibration=calibration, evaluation=evaluation,
+                      task=recipe.task, input_shapes=dict(recipe.input.shapes), target=target,
+                      threads=recipe.validation.threads,
+                      cache_dir=cache.root / "passes" if cache is not None else None,
                       on_log=lambda msg: _emit(opts, "log", step=name, message=msg))
     ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -245,7 +249,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         for i, step in enumerate(recipe.steps):
             _emit(opts, "step_start", index=i, total=len(recipe.steps), name=step.name)
             before = _graph_facts(current)
-            outcome = _run_step(i, step.name, step.config, current, recipe, calibration, target, cache,
+            outcome = _run_step(i, step.name, step.config, current, recipe, calibration, probe, target, cache,
                                 tmp, opts, versions)
             precision = max(precision, get_pass(step.name).precision, key=PRECISION_ORDER.index)
             runner, checks = _validate(outcome.model, f"step {step.name!r} output", recipe, ref, probe, precision)

@@ -32,9 +32,13 @@ class PassContext:
     """
 
     tmp_dir: Path
-    calibration: Any = None  # accelopt.data.Dataset | None
+    calibration: Any = None  # accelopt.data.Dataset | None: what calibration-based passes fit on
+    evaluation: Any = None  # accelopt.data.Dataset | None: held-out samples (labels optional) for accuracy searches
+    task: Any = None  # accelopt.metrics.TaskSpec | None: how outputs are judged
     input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
     target: Any = None  # accelopt.targets.base.Target
+    threads: int | None = 1  # intra-op threads for any latency a pass measures (the recipe's validation.threads)
+    cache_dir: Path | None = None  # persistent, content-keyed storage a pass may reuse (e.g. calibration ranges); None = no cache
     on_log: Callable[[str], None] | None = None
     decisions: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
