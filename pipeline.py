@@ -181,12 +181,13 @@ def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelPr
               calibration: Dataset | None, evaluation: Dataset, target: Any, cache: StepCache | None, tmp: Path,
               opts: RunOptions, versions: dict[str, str]) -> StepOutcome:
     pass_cls = get_pass(name)
+    context = {"calibration": lambda: calibration.fingerprint() if calibration is not None else None,
+               "evaluation": evaluation.fingerprint, "task": lambda: recipe.task.model_dump(mode="json"),
+               "threads": lambda: recipe.validation.threads}
     key = cache_key({
         "model": _model_digest(model), "pass": name, "pass_version": pass_cls.version, "config": config,
-        "calibration": calibration.fingerprint() if calibration is not None else None,
-        "evaluation": evaluation.fingerprint(), "task": recipe.task.model_dump(mode="json"),
-        "threads": recipe.validation.threads,
         "shapes": recipe.input.shapes, "target": recipe.target.model_dump(mode="json"), "tools": versions,
+        **{what: context[what]() for what in sorted(pass_cls.uses)},
     })
     if cache is not None and (hit := cache.get(key)) is not None:
         out, record = hit

@@ -61,6 +61,9 @@ class Pass(ABC):
     version: ClassVar[int] = 1
     # Numeric precision of the output, which picks the default comparison tolerances.
     precision: ClassVar[str] = "fp32"
+    # Context a pass reads beyond the model and config ("calibration", "evaluation", "task", "threads"):
+    # exactly these join its cache key, so a change in unused data never forces a rerun.
+    uses: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def apply(self, model: onnx.ModelProto, config: PassConfig, ctx: PassContext) -> onnx.ModelProto:

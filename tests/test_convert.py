@@ -366,3 +366,30 @@ def test_images_data_source_end_to_end(cli, conv_bn_path, tmp_path):
     rep = json.loads(r.out)
     assert rep["data"]["evaluation"]["samples"] == 6 and rep["data"]["evaluation"]["labels"]
     assert rep["reference"]["accuracy"] is not None and rep["final"]["accuracy_drop"] == 0.0
+
+
+def test_cache_key_holds_only_the_context_a_pass_uses(cli, conv_bn_path, tmp_path, temp_pass):
+    @temp_pass
+    class Calibrated(Pass):
+        name = "calibrated"
+        summary = "reads calibration data (test)"
+        uses = frozenset({"calibration"})
+
+        def apply(self, model, config, ctx):
+            ctx.decide("samples", len(ctx.calibration))
+            return model
+
+    rng = np.random.default_rng(0)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps: [simplify, calibrated]\nvalidation: {latency: false}\n"
+                      "data: {calibration: {type: npz, path: cal.npz}, evaluation: {type: npz, path: ev.npz}}\n")
+    np.savez(tmp_path / "ev.npz", x=rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
+
+    def run(n_cal: int) -> list[bool]:
+        np.savez(tmp_path / "cal.npz", x=rng.standard_normal((n_cal, 3, 16, 16)).astype(np.float32))
+        r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / f"o{n_cal}", "--json")
+        assert r.code == 0, r.err
+        return [s["cached"] for s in json.loads(r.out)["steps"]]
+
+    assert run(5) == [False, False]
+    assert run(6) == [True, False]  # new calibration data: only the pass that reads it reruns
