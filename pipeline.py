@@ -252,7 +252,9 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             before = _graph_facts(current)
             outcome = _run_step(i, step.name, step.config, current, recipe, calibration, probe, target, cache,
                                 tmp, opts, versions)
-            precision = max(precision, get_pass(step.name).precision, key=PRECISION_ORDER.index)
+            pass_cls = get_pass(step.name)
+            step_precision = pass_cls().output_precision(pass_cls.Config.model_validate(step.config))
+            precision = max(precision, step_precision, key=PRECISION_ORDER.index)
             runner, checks = _validate(outcome.model, f"step {step.name!r} output", recipe, ref, probe, precision)
             after = _graph_facts(outcome.model)
             record = {"name": step.name, "config": step.config, "version": get_pass(step.name).version,

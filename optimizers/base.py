@@ -65,6 +65,10 @@ class Pass(ABC):
     # exactly these join its cache key, so a change in unused data never forces a rerun.
     uses: ClassVar[frozenset[str]] = frozenset()
 
+    def output_precision(self, config: PassConfig) -> str:
+        """The precision this config produces (a pass whose precision depends on its mode overrides it)."""
+        return self.precision
+
     @abstractmethod
     def apply(self, model: onnx.ModelProto, config: PassConfig, ctx: PassContext) -> onnx.ModelProto:
         """Return a new model; never mutate `model` in place."""
