@@ -284,3 +284,21 @@ def test_budget_stops_ranking_and_greedy_with_best_so_far(fake, budget, ranked, 
     assert [r["group"] for r in result.ranking] == ranked + [g for g in ["t_a", "t_b", "t_c", "t_d"] if g not in ranked]
     assert [h["group"] for h in result.history] == tried
     assert result.score == score and not result.met
+
+
+def test_a_culprit_that_hurts_alone_is_retried_with_the_next(monkeypatch):
+    """Floating one side of an outlier pair scores worse; floating both scores best."""
+    scores = {frozenset(): 20.0, frozenset({"p"}): 15.0, frozenset({"q"}): 12.0, frozenset({"p", "q"}): 40.0}
+
+    def quantize(excluded):
+        m = onnx.ModelProto()
+        m.doc_string = ",".join(sorted(excluded))
+        return m
+
+    def score(model):
+        return scores[frozenset(filter(None, model.doc_string.split(",")))]
+
+    groups = [Group("tp", ["p"]), Group("tq", ["q"])]
+    result = accuracy_fallback(groups, quantize, lambda nodes: quantize(set()), score, 35.0)
+    assert result.met and sorted(result.excluded) == ["p", "q"]
+    assert [(h["group"], h["kept"]) for h in result.history] == [("tp", False), ("tq", False), ("tp+tq", True)]
