@@ -54,6 +54,9 @@ class TaskSpec(BaseModel):
     boxes: tuple[int, int] | None = None  # detection: [start, end) along axis holding box coords
     scores: tuple[int, int | None] | None = None  # detection: [start, end) of class scores
     top_k: int = 5  # detection: class agreement on the top-k rows by reference score
+    # embedding: the input holding the attention mask ([samples, tokens], nonzero = real token); the cosine is
+    # then taken per real token, since padding positions are never read downstream and may differ freely
+    mask_input: str | None = None
 
     @model_validator(mode="after")
     def _detection_needs_slices(self) -> TaskSpec:
@@ -92,8 +95,10 @@ def compare_outputs(
     precision: str = "fp32",
     atol: float | None = None,
     rtol: float | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> list[OutputMetrics]:
-    """Metrics per output in `ref`'s order; the task output is scored the way the task reads it."""
+    """Metrics per output in `ref`'s order; the task output is scored the way the task reads it.
+    `feeds` (the inputs both ran on) is needed only for an embedding task with a `mask_input`."""
     atol, rtol = _tolerances(precision, atol, rtol)
     task = task or TaskSpec()
     task_output = _task_output(ref, task)
@@ -108,7 +113,7 @@ def compare_outputs(
         if name == task_output and task.kind == "classification":
             m.top1_agreement = _argmax_agreement(r, t, _axis(task.axis, r.ndim, name))
         elif name == task_output and task.kind == "embedding":
-            m.cosine, m.cosine_mean = _per_sample_cosine(r, t)
+            m.cosine, m.cosine_mean = _per_sample_cosine(*_valid_tokens(r, t, task, feeds))
         results.append(m)
     return results
 
@@ -253,6 +258,20 @@ def _per_sample_cosine(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]
     rows = r.shape[0] if r.ndim > 1 else 1
     values = [_finite_cosine(a, b) for a, b in zip(r.reshape(rows, -1), t.reshape(rows, -1))]
     return (min(values), float(np.mean(values))) if values else (1.0, 1.0)
+
+
+def _valid_tokens(ref: np.ndarray, test: np.ndarray, task: TaskSpec,
+                  feeds: dict[str, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """With a mask input: one row per real token ([tokens, hidden]); otherwise the outputs as they are."""
+    if task.mask_input is None or feeds is None:
+        return ref, test
+    if task.mask_input not in feeds:
+        raise RecipeError(f"task.mask_input {task.mask_input!r} is not a model input; inputs: {', '.join(feeds)}")
+    mask = np.asarray(feeds[task.mask_input]) != 0
+    if mask.shape != ref.shape[:mask.ndim]:
+        raise RecipeError(f"task.mask_input {task.mask_input!r} has shape {list(mask.shape)}, which does not "
+                          f"lead the output's {list(ref.shape)}")
+    return ref[mask], test[mask]
 
 
 def _argmax_agreement(ref: np.ndarray, test: np.ndarray, axis: int) -> float:

@@ -127,7 +127,8 @@ def _validate(model: onnx.ModelProto, what: str, recipe: Recipe, ref: Reference,
 
 def _numerics(runner, recipe: Recipe, ref: Reference, probe: Dataset, precision: str) -> dict[str, Any]:
     outputs = run_all(runner, probe.feeds)
-    metrics: list[OutputMetrics] = compare_outputs(ref.outputs, outputs, task=recipe.task, precision=precision)
+    metrics: list[OutputMetrics] = compare_outputs(ref.outputs, outputs, task=recipe.task, precision=precision,
+                                                   feeds=probe.feeds)
     acc = _task_accuracy(recipe, outputs, probe.labels)
     return {
         "precision": precision,

@@ -614,7 +614,7 @@ class Scorer:
         if self.metric == "accuracy":
             name = self.task.output or next(iter(outputs))
             return accuracy(outputs[name], self.labels, axis=self.task.axis)
-        summary = worst(compare_outputs(self.reference, outputs, task=self.task, precision="int8"))
+        summary = worst(compare_outputs(self.reference, outputs, task=self.task, precision="int8", feeds=self.feeds))
         key = {"top1": "top1_agreement", "cosine": "cosine", "sqnr": "sqnr_db"}[self.metric]
         return -math.inf if summary[key] is None else float(summary[key])
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from accelopt.errors import BadInputError, ConversionError
+from accelopt.errors import BadInputError, ConversionError, RecipeError
 from accelopt.metrics import DEFAULT_TOLERANCES, TaskSpec, accuracy, compare_outputs, worst
 
 RNG = np.random.default_rng(0)
@@ -164,3 +164,18 @@ def test_worst_ignores_missing_top1():
     b = _one(np.ones(3), np.ones(3) * 1.5)
     w = worst([a, b])
     assert w == {"cosine": 1.0, "sqnr_db": b.sqnr_db, "max_abs": 0.5, "top1_agreement": None, "passed": False}
+
+
+def test_embedding_cosine_over_real_tokens_only():
+    """Padding positions may differ freely; the mask input restricts the per-token cosine to real tokens."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 4, 8))
+    test = ref.copy()
+    test[:, 3] = -ref[:, 3]  # the last token of each sample is padding and comes out flipped
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0]])
+    blind = compare_outputs({"y": ref}, {"y": test}, TaskSpec(kind="embedding"))[0]
+    masked = compare_outputs({"y": ref}, {"y": test}, TaskSpec(kind="embedding", mask_input="m"),
+                             feeds={"m": mask})[0]
+    assert blind.cosine < 0.8 and masked.cosine == pytest.approx(1.0)
+    with pytest.raises(RecipeError, match="not a model input"):
+        compare_outputs({"y": ref}, {"y": test}, TaskSpec(kind="embedding", mask_input="nope"), feeds={"m": mask})
