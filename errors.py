@@ -12,6 +12,13 @@ EXIT_BAD_INPUT = 2
 EXIT_CONVERSION_FAILED = 3
 
 
+def first_line(error: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """An exception's message cut to one line: library errors can span pages, ours must not."""
+    text = str(error).strip()
+    line = text.splitlines()[0][:limit] if text else type(error).__name__
+    return f"{type(error).__name__}: {line}" if with_type and text else line
+
+
 class AccelError(Exception):
     """Base of every error meant for the user: the message is the whole story, one line."""
 

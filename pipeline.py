@@ -28,7 +28,7 @@ from accelopt.analysis import op_delta, op_histogram, summarize
 from accelopt.cache import StepCache, cache_key
 from accelopt.converters.onnx_io import check_model, load_model, model_bytes, sha256_file, staged_dir
 from accelopt.data import Dataset, RandomSource, load_npz, load_source
-from accelopt.errors import AccelError, BadInputError, ConversionError
+from accelopt.errors import AccelError, BadInputError, ConversionError, first_line
 from accelopt.latency import batch_feeds, side_by_side, speedup
 from accelopt.metrics import OutputMetrics, accuracy, compare_outputs, worst
 from accelopt.optimizers import PassContext, get_pass
@@ -205,7 +205,7 @@ def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelPr
     except AccelError:
         raise
     except Exception as e:
-        raise ConversionError(f"step {name!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+        raise ConversionError(f"step {name!r} failed: {first_line(e, with_type=True)}") from e
     record = {"seconds": round(time.perf_counter() - start, 3), "decisions": ctx.decisions, "notes": ctx.notes}
     if cache is not None:
         cache.put(key, out, record)

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from accelopt.cli import bench, compare, convert, inspect, recipes
-from accelopt.errors import EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, AccelError, Interrupted
+from accelopt.errors import AccelError, EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, Interrupted, first_line
 
 app = typer.Typer(
     name="accelopt",
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        sys.stderr.write(f"error: internal error {type(e).__name__}: {msg} (rerun with --debug for the traceback)\n")
+        sys.stderr.write(f"error: internal error {first_line(e, with_type=True)} (rerun with --debug for the traceback)\n")
         return EXIT_CONVERSION_FAILED
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -11,7 +11,7 @@ import onnx
 from pydantic import Field, PositiveInt
 
 from accelopt.converters.onnx_io import copy_model
-from accelopt.errors import ConversionError, RecipeError
+from accelopt.errors import ConversionError, RecipeError, first_line
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
 Shape = list[int | str | None]
@@ -107,7 +107,7 @@ def _infer(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # onnx raises InferenceError and bare RuntimeErrors
-        raise ConversionError(f"fix-shapes: shape inference failed after pinning ({str(e).splitlines()[0][:200]})") from e
+        raise ConversionError(f"fix-shapes: shape inference failed after pinning ({first_line(e)})") from e
     if not _dynamic_outputs(inferred):
         return inferred
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference

@@ -21,7 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from accelopt.converters.onnx_io import copy_model, is_large, save_model
 from pydantic import Field
 
-from accelopt.errors import ConversionError
+from accelopt.errors import ConversionError, first_line
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
 _ORT_LEVELS = {
@@ -187,7 +187,7 @@ def ort_optimize(model: onnx.ModelProto, level: str, tmp_dir: Path) -> onnx.Mode
     try:
         ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ConversionError(f"fuse: ONNX Runtime could not optimize the model ({str(e).splitlines()[0][:200]})") from e
+        raise ConversionError(f"fuse: ONNX Runtime could not optimize the model ({first_line(e)})") from e
     return onnx.load(str(dst))
 
 
@@ -219,7 +219,7 @@ class Fuse(Pass):
         try:
             onnx.checker.check_model(out)
         except onnx.checker.ValidationError as e:
-            raise ConversionError(f"fuse: result fails onnx.checker ({str(e).strip().splitlines()[0][:200]})") from e
+            raise ConversionError(f"fuse: result fails onnx.checker ({first_line(e)})") from e
         if out is model:  # every step was off or found nothing: still hand back a model of our own
             out = copy_model(model)
         return out

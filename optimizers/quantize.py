@@ -46,7 +46,7 @@ from pydantic import Field, field_validator, model_validator
 
 from accelopt.converters.onnx_io import copy_model, is_large, save_model
 from accelopt.data import Dataset, random_feeds
-from accelopt.errors import BadInputError, ConversionError, RecipeError
+from accelopt.errors import BadInputError, ConversionError, RecipeError, first_line
 from accelopt.latency import batch_feeds, side_by_side
 from accelopt.metrics import TaskSpec, accuracy, compare_outputs, worst
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
@@ -295,11 +295,6 @@ def _library_logs(ctx: PassContext) -> Iterator[None]:
         root.handlers, root.level = handlers, level
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
-
-
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Exclusions and the accuracy search address nodes by name: give unnamed or duplicate ones a unique name."""
     taken: set[str] = set()
@@ -321,11 +316,11 @@ def pre_process(model: onnx.ModelProto, ctx: PassContext) -> Path:
     try:
         quant_pre_process(str(src), str(dst), **external)
     except Exception as e:
-        ctx.log(f"quant_pre_process failed with symbolic shape inference ({_first_line(e)}); retried without it")
+        ctx.log(f"quant_pre_process failed with symbolic shape inference ({first_line(e, with_type=True)}); retried without it")
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
         except Exception as e2:
-            raise ConversionError(f"quantize: quant_pre_process failed ({_first_line(e2)})") from e2
+            raise ConversionError(f"quantize: quant_pre_process failed ({first_line(e2, with_type=True)})") from e2
     return save_model(name_nodes(onnx.load(str(dst))), dst)
 
 
@@ -380,7 +375,7 @@ def calibrate(pre_path: Path, batch: int, config: QuantizeConfig, data: Dataset,
         try:
             return path, load_tensors_data(path), True
         except (ValueError, KeyError, TypeError) as e:
-            ctx.log(f"quantize: damaged calibration cache entry {path.name} ({_first_line(e)}); calibrating again")
+            ctx.log(f"quantize: damaged calibration cache entry {path.name} ({first_line(e, with_type=True)}); calibrating again")
     calibrator = create_calibrator(pre_path, None, augmented_model_path=str(ctx.tmp_dir / "augmented.onnx"),
                                    calibrate_method=METHODS[config.calibration],
                                    use_external_data_format=_external(pre_path), extra_options=options)
@@ -388,7 +383,7 @@ def calibrate(pre_path: Path, batch: int, config: QuantizeConfig, data: Dataset,
     try:
         calibrator.collect_data(_Reader(list(usable.batches(batch))))
     except Exception as e:
-        raise BadInputError(f"calibration data does not fit the model ({_first_line(e)})") from e
+        raise BadInputError(f"calibration data does not fit the model ({first_line(e, with_type=True)})") from e
     ranges = calibrator.compute_data()
     save_tensors_data(ranges, path)
     return path, ranges, False

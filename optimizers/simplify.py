@@ -13,7 +13,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from pydantic import Field
 
 from accelopt.converters.onnx_io import copy_model
-from accelopt.errors import ConversionError
+from accelopt.errors import ConversionError, first_line
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
 
@@ -73,8 +73,7 @@ class Simplify(Pass):
                 **_NO_CERTIFY,
             )
         except Exception as e:  # onnxsim raises bare RuntimeErrors from its C++ core
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ConversionError(f"simplify: onnxsim failed ({type(e).__name__}: {first})") from e
+            raise ConversionError(f"simplify: onnxsim failed ({first_line(e, with_type=True)})") from e
         if not ok:
             raise ConversionError("simplify: onnxsim's own check found different outputs after simplifying; "
                                   "set check_n: 0 or skip this step")

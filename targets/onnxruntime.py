@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from accelopt.converters.onnx_io import is_large, model_files, save_model
-from accelopt.errors import BadInputError, ConversionError
+from accelopt.errors import BadInputError, ConversionError, first_line
 from accelopt.targets import register_target
 from accelopt.targets.base import Artifact, Finding, LatencyStats, Target, TargetConfig, TensorSpec
 
@@ -50,12 +50,7 @@ def _session(model: onnx.ModelProto | str | Path, options: ort.SessionOptions) -
     try:
         return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own pybind classes (Fail, InvalidGraph, NotImplemented...)
-        raise ConversionError(f"onnxruntime cannot load the model: {_first_line(e)}") from e
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+        raise ConversionError(f"onnxruntime cannot load the model: {first_line(e, 300)}") from e
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -90,9 +85,9 @@ class OrtRunner:
         try:
             values = self._session.run(self._names, feeds)
         except InvalidArgument as e:
-            raise BadInputError(f"onnxruntime rejected the inputs: {_first_line(e)}") from e
+            raise BadInputError(f"onnxruntime rejected the inputs: {first_line(e, 300)}") from e
         except Exception as e:
-            raise ConversionError(f"onnxruntime failed running the model: {_first_line(e)}") from e
+            raise ConversionError(f"onnxruntime failed running the model: {first_line(e, 300)}") from e
         return dict(zip(self._names, values))
 
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
