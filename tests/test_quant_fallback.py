@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       create_calibrator, quantize_static, save_tensors_data)
 
-from accelopt.optimizers import quant_fallback
-from accelopt.optimizers.quant_fallback import Group, accuracy_fallback, quantizer_groups
+from accelopt.optimizers.quantization import fallback as quant_fallback
+from accelopt.optimizers.quantization.fallback import Group, accuracy_fallback, quantizer_groups
 from tests import models
 
 QUANTIZED_OPS = {"Conv", "Gemm"}

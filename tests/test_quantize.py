@@ -21,6 +21,8 @@ from accelopt.errors import BadInputError, RecipeError
 from accelopt.metrics import TaskSpec, compare_outputs
 from accelopt.optimizers import PassContext, get_pass
 from accelopt.optimizers import quantize as quantize_module
+from accelopt.optimizers.quantization import calibration as calibration_module
+from accelopt.optimizers.quantization import prepare as prepare_module
 from accelopt.targets.base import run_all
 from accelopt.targets.onnxruntime import OrtRunner
 from tests import models
@@ -118,8 +120,8 @@ def test_tensorrt_profile_emits_symmetric_qdq_with_float_bias(tmp_path):
 
 def test_calibration_runs_once_and_is_reused_from_the_cache(tmp_path, monkeypatch):
     calls = []
-    real = quantize_module.create_calibrator
-    monkeypatch.setattr(quantize_module, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = calibration_module.create_calibrator
+    monkeypatch.setattr(calibration_module, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, cal, config = models.conv_stack(), data((3, 16, 16)), {"speed_guard": False}
     first, ctx1 = quantize(model, tmp_path / "a", config, calibration=cal, cache_dir=tmp_path / "cache")
     second, ctx2 = quantize(model, tmp_path / "b", config, calibration=cal, cache_dir=tmp_path / "cache")
@@ -170,14 +172,14 @@ def test_contrib_ops_after_fuse_and_failed_symbolic_shapes(tmp_path, monkeypatch
     fuse = get_pass("fuse")
     fused = fuse().apply(models.tiny_bert_like(), fuse.Config(ort="off"), PassContext(tmp_path))
     assert "Attention" in ops(fused)
-    real = quantize_module.quant_pre_process
+    real = prepare_module.quant_pre_process
 
     def no_symbolic(*args, skip_symbolic_shape=False, **kwargs):
         if not skip_symbolic_shape:
             raise RuntimeError("symbolic shape inference failed")
         return real(*args, skip_symbolic_shape=True, **kwargs)
 
-    monkeypatch.setattr(quantize_module, "quant_pre_process", no_symbolic)
+    monkeypatch.setattr(prepare_module, "quant_pre_process", no_symbolic)
     out, ctx = quantize(fused, tmp_path, {"speed_guard": False}, calibration=data((8, 16)))
     assert any("retried without it" in note for note in ctx.notes)
     assert ops(out)["DequantizeLinear"] and metrics(fused, out, data((8, 16), seed=1))["y"].cosine > 0.9
@@ -254,8 +256,8 @@ def test_speed_guard_measures_for_real(tmp_path):
 
 def test_accuracy_search_finds_the_outlier_convs_and_a_recipe_can_pin_them(tmp_path, monkeypatch):
     calls = []
-    real = quantize_module.create_calibrator
-    monkeypatch.setattr(quantize_module, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = calibration_module.create_calibrator
+    monkeypatch.setattr(calibration_module, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, cal, ev = models.outlier_conv_model(), data((8, 16, 16)), data((8, 16, 16), seed=1)
     # The library's full op set: floating conv4 alone lowers SQNR (27.8 -> 22.8 dB); the search must still
     # reach {conv3, conv4} (39 dB) by trying the next culprit together with it.
