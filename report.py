@@ -94,6 +94,11 @@ def step_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def step_notes(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(step, note) in step order; a note that already names its step is not prefixed twice."""
+    return [(s["name"], n.removeprefix(f"{s['name']}: ")) for s in report["steps"] for n in s.get("notes", [])]
+
+
 def _kb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} kB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MB"
 
@@ -129,6 +134,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         for g in report["gates"]:
             res = "pass" if g["passed"] else f"FAIL {g['reason']}".strip()
             lines.append(f"| {g['name']} | {g['threshold']} | {fmt(g['value'])} | {res} |")
+    notes = step_notes(report)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- **{name}**: {note}" for name, note in notes]
     decisions = [(s["name"], s["decisions"]) for s in report["steps"] if s.get("decisions")]
     if decisions:
         lines += ["", "## Decisions", ""]

@@ -12,7 +12,7 @@ from accelopt import pipeline
 from accelopt.cli.console import err, out, print_json, table, verdict, warn
 from accelopt.errors import EXIT_GATE_FAILED
 from accelopt.recipes.schema import dump_yaml, load_recipe
-from accelopt.report import COLUMNS, fmt, step_rows
+from accelopt.report import COLUMNS, fmt, step_notes, step_rows
 
 
 def convert(
@@ -77,6 +77,8 @@ def render(report: dict[str, Any], output: Path) -> None:
         out.print(table("gates", ["gate", "threshold", "value", "result"],
                         ([g["name"], g["threshold"], fmt(g["value"]),
                           verdict(g["passed"], detail=g["reason"])] for g in report["gates"])))
+    for name, note in step_notes(report):  # decisions in words, e.g. why quantize kept the float model
+        out.print(f"note: {name}: {note}", markup=False)
     for w in report["warnings"]:
         warn(w)
     for a in report["artifacts"]:
