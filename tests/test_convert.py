@@ -393,3 +393,21 @@ def test_cache_key_holds_only_the_context_a_pass_uses(cli, conv_bn_path, tmp_pat
 
     assert run(5) == [False, False]
     assert run(6) == [True, False]  # new calibration data: only the pass that reads it reruns
+
+
+def test_step_notes_reach_terminal_and_report(cli, conv_bn_path, tmp_path, temp_pass):
+    @temp_pass
+    class Talks(Pass):
+        name = "talks"
+        summary = "explains itself (test)"
+
+        def apply(self, model, config, ctx):
+            ctx.log("talks: kept the float model because it is faster")
+            return model
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps: [talks]\nvalidation: {latency: false}\n")
+    r = cli("convert", conv_bn_path, "-r", recipe, "-o", tmp_path / "out")
+    assert r.code == 0
+    assert "note: talks: kept the float model because it is faster" in r.out
+    assert "- **talks**: kept the float model because it is faster" in (tmp_path / "out" / "report.md").read_text()
