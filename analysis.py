@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from accelopt.converters.onnx_io import copy_model, is_large, model_bytes, model_files, save_model
+from accelopt.native import quiet_native_stderr
 
 Shape = list[int | str | None]
 Shapes = dict[str, Shape | None]  # tensor name -> shape, None where even the rank is unknown
@@ -126,7 +127,9 @@ def _constant_folded(model: onnx.ModelProto, pins: dict[str, Shape | None]) -> o
 
     static = {name: shape for name, shape in pins.items() if _is_static(shape)}
     try:
-        folded, _ = onnxsim.simplify(copy_model(model), check_n=0, skip_fuse_bn=True, overwrite_input_shapes=static or None)
+        with quiet_native_stderr():  # it warns for every shape subgraph it cannot fold
+            folded, _ = onnxsim.simplify(copy_model(model), check_n=0, skip_fuse_bn=True,
+                                         overwrite_input_shapes=static or None)
     except Exception:  # best effort: unknown shapes only make macs None
         return None
     return folded

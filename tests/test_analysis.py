@@ -140,3 +140,15 @@ def test_minus_one_dims_are_dynamic_and_pinned():
     assert s.macs == 2 * 2 * 8 * 8 * 3  # Conv 3->2, 1x1, at 2x8x8
     unpinned = summarize(models.paddle_style_model())
     assert unpinned.macs == 2 * 3 and "x[0]" in unpinned.macs_note
+
+
+def test_native_stderr_is_silenced_and_restored(capfd):
+    import os
+
+    from accelopt.native import quiet_native_stderr
+
+    with quiet_native_stderr():
+        os.write(2, b"from C++\n")
+    os.write(2, b"from us\n")
+    err = capfd.readouterr().err
+    assert "from C++" not in err and "from us" in err
