@@ -192,7 +192,7 @@ def detector_case(tmp: Path) -> Case:
     """Calibrated on 32 random crops of the photos; checked on the 8 whole photos plus 16 other crops."""
     return Case("NudeNet 320n YOLOv8n @320 (nudenet 3.4.2)", real_models.fetch_detector(),
                 real_models.detector_data(32, seed=0, whole=False), real_models.detector_data(24, seed=1),
-                ort_static_defaults, "cpu-int8",
+                ort_static_defaults, "cpu-int8-detector",
                 [f"task={json.dumps(real_models.DETECTOR_TASK)}",
                  f"input.shapes={{{real_models.DETECTOR_INPUT}: [1, 3, 320, 320]}}"],
                 detection_quality, 2.0)

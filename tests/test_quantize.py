@@ -360,3 +360,19 @@ def test_bad_input_exits_2(cli, tmp_path, quantized_input, message):
     r = cli("convert", path, "-r", recipe, "-o", tmp_path / "out", *args)
     assert r.code == 2, r.err
     assert message in r.err and len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_keeps_json_stdout_clean_and_differs_from_minmax(cli, conv_files, tmp_path,
+                                                                              monkeypatch, method):
+    """ORT's histogram calibrators print() progress; entropy with ORT's default bins equals minmax."""
+    monkeypatch.setattr(quantize_module, "medians", timing(float=2.0, quantized=1.0))
+    model, npz = conv_files
+    outs = {}
+    for m in ("minmax", method):
+        r = cli("convert", model, "-r", "cpu-int8", "--data", npz, "-o", tmp_path / m, "--json", *CLI_FAST,
+                "--set", f"steps.quantize.calibration={m}", "--set", "gates.min_speedup=null")
+        assert r.code == 0, r.err
+        json.loads(r.out)  # nothing but the report on stdout
+        outs[m] = (tmp_path / m / "model.onnx").read_bytes()
+    assert outs[method] != outs["minmax"]

@@ -64,9 +64,14 @@ def make_scorer(float_model: onnx.ModelProto, acc: AccuracyConfig, ctx: PassCont
     return scorer, 1.0 - float(acc.max_drop)
 
 
+# Static groups tie only the ops that compute: through every activation op (Sigmoid, Mul, Add, Concat...) a
+# YOLOv8n merged into one 230-node group, and the search could only float the whole model.
+GROUPED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU"})
+
+
 def quantizer_groups_for(job: Job, mode: str) -> list[Group]:
-    """Static QDQ: nodes around a shared activation leave quantization together. Dynamic and weight-only
-    quantize per node, so every node is its own group."""
+    """Static QDQ: compute nodes around a shared activation leave quantization together. Dynamic and
+    weight-only quantize per node, so every node is its own group."""
     if mode == "static":
-        return quantizer_groups(job.base, set(job.op_types))
+        return quantizer_groups(job.base, set(job.op_types) & GROUPED)
     return [Group(n.output[0], [n.name]) for n in job.base.graph.node if n.op_type in job.op_types]

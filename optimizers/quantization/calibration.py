@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,16 @@ def static_batch(model: onnx.ModelProto) -> int:
     return dims[0].dim_value if dims and dims[0].dim_value > 0 else 1
 
 
+# ORT's entropy calibrator defaults to 128 histogram bins for 128 quantized bins: one candidate threshold, the
+# full range, so it silently equals minmax (all 243 ranges of a YOLOv8n came out identical). 512 bins give it
+# thresholds to choose from (the quantization notes' setting).
+ENTROPY_BINS = {"num_bins": 512, "num_quantized_bins": 128}
+
+
 def calibration_options(config: QuantizeConfig) -> dict[str, Any]:
-    return {"percentile": config.percentile} if config.calibration == "percentile" else {}
+    if config.calibration == "percentile":
+        return {"percentile": config.percentile}
+    return dict(ENTROPY_BINS) if config.calibration == "entropy" else {}
 
 
 def calibrate(pre_path: Path, batch: int, config: QuantizeConfig, data: Dataset,
@@ -63,10 +73,12 @@ def calibrate(pre_path: Path, batch: int, config: QuantizeConfig, data: Dataset,
                                    use_external_data_format=has_external_data(pre_path), extra_options=options)
     usable = data.take(max(len(data) // batch, 1) * batch)
     try:
-        calibrator.collect_data(_Reader(list(usable.batches(batch))))
+        with redirect_stdout(io.StringIO()):  # the histogram calibrators print() progress: stdout is for --json
+            calibrator.collect_data(_Reader(list(usable.batches(batch))))
     except Exception as e:
         raise BadInputError(f"calibration data does not fit the model ({first_line(e, with_type=True)})") from e
-    ranges = calibrator.compute_data()
+    with redirect_stdout(io.StringIO()):
+        ranges = calibrator.compute_data()
     save_tensors_data(ranges, path)
     return path, ranges, False
 
