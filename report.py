@@ -16,6 +16,8 @@ _NOT_RUN = "the artifact was not run on this machine"
 GATES: dict[str, tuple[Callable[[dict[str, Any]], float | None], str, str]] = {
     "min_cosine": (lambda f: (f.get("worst") or {}).get("cosine"), "min", _NOT_RUN),
     "min_sqnr_db": (lambda f: (f.get("worst") or {}).get("sqnr_db"), "min", _NOT_RUN),
+    "min_top1_agreement": (lambda f: (f.get("worst") or {}).get("top1_agreement"), "min",
+                           "no top-1 agreement: needs task.kind classification or detection"),
     "max_accuracy_drop": (lambda f: f.get("accuracy_drop"), "max",
                           "no accuracy: needs task.kind classification and labels in the evaluation data"),
     "min_speedup": (lambda f: f.get("speedup"), "min",

@@ -51,6 +51,9 @@ class TargetSpec(_Strict):
 class Gates(_Strict):
     min_cosine: float | None = Field(None, description="every compared output's cosine vs the input model")
     min_sqnr_db: float | None = Field(None, description="every compared output's SQNR vs the input model")
+    min_top1_agreement: float | None = Field(
+        None, description="top-1 agreement with the input model (classification: per sample; detection: class "
+                          "of the top-k anchors); needs task kind classification or detection")
     max_accuracy_drop: float | None = Field(None, description="task accuracy drop (0.01 = 1 point); needs labels")
     min_speedup: float | None = Field(None, description="input latency / output latency on the target")
     max_size_mb: float | None = Field(None, description="artifact size in MB (10^6 bytes)")

@@ -7,7 +7,7 @@ import pytest
 from accelopt.recipes.schema import Gates
 from accelopt.report import GATES, evaluate_gates, render_junit
 
-FINAL = {"worst": {"cosine": 0.9995, "sqnr_db": 31.0}, "accuracy_drop": 0.004, "speedup": 1.3,
+FINAL = {"worst": {"cosine": 0.9995, "sqnr_db": 31.0, "top1_agreement": 0.96}, "accuracy_drop": 0.004, "speedup": 1.3,
          "size_bytes": 2_500_000}
 
 
@@ -16,7 +16,8 @@ def test_every_recipe_gate_has_an_evaluator():
 
 
 @pytest.mark.parametrize("gate, ok, bad", [
-    ("min_cosine", 0.999, 0.9999), ("min_sqnr_db", 30.0, 35.0), ("max_accuracy_drop", 0.01, 0.001),
+    ("min_cosine", 0.999, 0.9999), ("min_sqnr_db", 30.0, 35.0), ("min_top1_agreement", 0.95, 0.97),
+    ("max_accuracy_drop", 0.01, 0.001),
     ("min_speedup", 1.2, 1.5), ("max_size_mb", 3.0, 2.0),
 ])
 def test_gate_pass_and_fail(gate, ok, bad):
