@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
 from accelopt.data import Dataset
@@ -376,3 +377,24 @@ def test_histogram_calibration_keeps_json_stdout_clean_and_differs_from_minmax(c
         json.loads(r.out)  # nothing but the report on stdout
         outs[m] = (tmp_path / m / "model.onnx").read_bytes()
     assert outs[method] != outs["minmax"]
+
+
+def test_search_groups_stay_per_conv_through_silu():
+    """YOLO-style SiLU (Sigmoid * Mul) between convs must not merge every conv into one quantizer group."""
+    from accelopt.optimizers.quantization.accuracy import quantizer_groups_for
+    from accelopt.optimizers.quantization.quantizers import Job
+    from accelopt.optimizers.quantization.settings import REMOVABLE, STATIC_OPS
+
+    rng = np.random.default_rng(0)
+    inits, nodes, x = [], [], "x"
+    for i in range(3):
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"], name=f"sig{i}"),
+                  helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"], name=f"mul{i}")]
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 8, 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    job = Job(model, None, {}, None, frozenset(STATIC_OPS) - REMOVABLE)
+    assert sorted(g.nodes for g in quantizer_groups_for(job, "static")) == [["conv0"], ["conv1"], ["conv2"]]
