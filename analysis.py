@@ -7,8 +7,6 @@ accumulates of the ops that dominate compute (convolutions and matrix products) 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import tempfile
 from collections import Counter
@@ -20,7 +18,7 @@ import numpy as np
 import onnx
 
 from accelopt.converters.onnx_io import copy_model, is_large, model_bytes, model_files, save_model
-from accelopt.native import quiet_native_stderr
+from accelopt.isolation import quiet_native_stderr, symbolic_shape_inference
 
 Shape = list[int | str | None]
 Shapes = dict[str, Shape | None]  # tensor name -> shape, None where even the rank is unknown
@@ -315,7 +313,7 @@ def _infer_shapes(model: onnx.ModelProto) -> Shapes:
     if all(value is not None for _, value in _mac_counts(model.graph, shapes)):
         return shapes
     try:
-        inferred = _symbolic_shape_inference().infer_shapes(model, auto_merge=True)
+        inferred = symbolic_shape_inference(model)
     except Exception:  # the fallback is best effort: unknown shapes only make macs None
         return shapes
     if inferred is not None:
@@ -323,26 +321,6 @@ def _infer_shapes(model: onnx.ModelProto) -> Shapes:
             if _is_static(shape) or name not in shapes:
                 shapes[name] = shape
     return shapes
-
-
-@functools.cache
-def _symbolic_shape_inference() -> Any:
-    """ORT's `SymbolicShapeInference`, loaded from its file.
-
-    Importing it as `onnxruntime.tools.symbolic_shape_infer` runs `onnxruntime/tools/__init__.py`,
-    which imports torch whenever torch is installed (2-3 s) for an unrelated helper; the module
-    itself needs only numpy, onnx, sympy and packaging.
-    """
-    import onnxruntime
-
-    name = "onnxruntime.tools.symbolic_shape_infer"
-    spec = importlib.util.spec_from_file_location(
-        name, Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{name} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SymbolicShapeInference
 
 
 def _known_shapes(model: onnx.ModelProto) -> Shapes:

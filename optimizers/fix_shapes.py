@@ -12,6 +12,7 @@ from pydantic import Field, PositiveInt
 
 from accelopt.converters.onnx_io import copy_model
 from accelopt.errors import ConversionError, RecipeError, first_line
+from accelopt.isolation import symbolic_shape_inference
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 
 Shape = list[int | str | None]
@@ -110,10 +111,8 @@ def _infer(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         raise ConversionError(f"fix-shapes: shape inference failed after pinning ({first_line(e)})") from e
     if not _dynamic_outputs(inferred):
         return inferred
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
     try:
-        inferred = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+        inferred = symbolic_shape_inference(inferred)
     except Exception as e:  # the fallback is best effort: the model is still valid without output shapes
         ctx.log(f"fix-shapes: symbolic shape inference failed ({type(e).__name__}); output shapes left as inferred")
     still = _dynamic_outputs(inferred)

@@ -145,10 +145,41 @@ def test_minus_one_dims_are_dynamic_and_pinned():
 def test_native_stderr_is_silenced_and_restored(capfd):
     import os
 
-    from accelopt.native import quiet_native_stderr
+    from accelopt.isolation import quiet_native_stderr
 
     with quiet_native_stderr():
         os.write(2, b"from C++\n")
     os.write(2, b"from us\n")
     err = capfd.readouterr().err
     assert "from C++" not in err and "from us" in err
+
+
+def test_isolated_cwd_drops_library_files_and_restores_the_directory(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from accelopt.isolation import isolated_cwd
+
+    monkeypatch.chdir(tmp_path)
+    with isolated_cwd():
+        Path("sym_shape_infer_temp.onnx").write_text("left behind by a library")
+        scratch = os.getcwd()
+    assert os.getcwd() == str(tmp_path) and list(tmp_path.iterdir()) == []
+    assert not os.path.exists(scratch)
+
+
+def test_failed_symbolic_inference_leaves_no_files_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT saves sym_shape_infer_temp.onnx (+ a uuid .data file) into the cwd when it gives up."""
+    import pytest
+
+    from accelopt.isolation import symbolic_shape_inference
+
+    graph = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["y"], domain="acme.ops")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme.ops", 1)])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception):
+        symbolic_shape_inference(model)
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from onnxruntime.quantization import quant_pre_process
 from accelopt.converters.onnx_io import is_large, save_model
 from accelopt.data import Dataset
 from accelopt.errors import BadInputError, ConversionError, RecipeError, first_line
+from accelopt.isolation import isolated_cwd
 from accelopt.optimizers.base import PassContext
 from accelopt.optimizers.quantization.config import QuantizeConfig
 from accelopt.optimizers.quantization.settings import Settings
@@ -96,15 +97,17 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 def pre_process(model: onnx.ModelProto, ctx: PassContext) -> Path:
     """quant_pre_process (ORT optimizer + shape inference); symbolic shape inference is retried without when
     it fails (it does on some custom and contrib ops). Returns the file of the named, pre-processed model."""
-    src = save_model(model, ctx.tmp_dir / "float.onnx")
-    dst = ctx.tmp_dir / "pre.onnx"
+    src = save_model(model, ctx.tmp_dir.resolve() / "float.onnx")
+    dst = ctx.tmp_dir.resolve() / "pre.onnx"
     external = {"save_as_external_data": is_large(model), "external_data_location": dst.name + ".data"}
     try:
-        quant_pre_process(str(src), str(dst), **external)
+        with isolated_cwd():  # its symbolic shape inference drops temp files into the working directory
+            quant_pre_process(str(src), str(dst), **external)
     except Exception as e:
         ctx.log(f"quant_pre_process failed with symbolic shape inference ({first_line(e, with_type=True)}); retried without it")
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
+            with isolated_cwd():
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
         except Exception as e2:
             raise ConversionError(f"quantize: quant_pre_process failed ({first_line(e2, with_type=True)})") from e2
     return save_model(name_nodes(onnx.load(str(dst))), dst)
