@@ -70,6 +70,8 @@ class Quantize(Pass):
                 ctx.decide("speed", "not measured: " + ("speed_guard is off" if not config.speed_guard else
                                                         "int8 speed of the tensorrt profile is measured on the GPU"))
         ctx.decide("excluded", job.excluded)
+        if job.wide:
+            ctx.decide("int16", job.wide)
         ctx.decide("quantized_nodes", dict(sorted(quantized_nodes(out, job.excluded).items())))
         return out
 
@@ -110,6 +112,7 @@ class Quantize(Pass):
             job = Job(base, weight_only_quantizer(base, config), {}, None, frozenset(config.op_types or ["MatMul"]))
         job.excluded.update(resolve_exclusions(job.base, config))
         job.only = set(config.include_nodes) if config.include_nodes is not None else None
+        job.wide.update({n: "int16_nodes" for n in config.int16_nodes if n not in job.excluded})
         return job
 
     def _prepare_static(self, model: onnx.ModelProto, config: QuantizeConfig, s: Settings, ctx: PassContext) -> Job:
@@ -135,24 +138,30 @@ class Quantize(Pass):
         return {f["node"]: f"range_guard: input ranges differ {f['ratio']}x" for f in found}
 
     def _search(self, model: onnx.ModelProto, job: Job, config: QuantizeConfig, ctx: PassContext) -> onnx.ModelProto:
-        """Full quantization, or the accuracy search's best model (its fallbacks join job.excluded)."""
+        """Full quantization, or the accuracy search's best model (its fallbacks join job.excluded, or job.wide
+        with `fallback: int16`)."""
         if config.accuracy is None:
             return job.quantize()
         job.scorer, job.target = make_scorer(model, config.accuracy, ctx)
-        pinned = frozenset(job.excluded)
-        result = accuracy_fallback(quantizer_groups_for(job, config.mode), job.quantize, lambda nodes: job.quantize(only=nodes),
-                                   job.scorer, job.target,
+        wide = config.accuracy.fallback == "int16"
+        fall_back = (lambda nodes: job.quantize(wide=nodes)) if wide else job.quantize
+        # Pinned nodes keep their recipe precision; float ones stay float even in an int16 search.
+        pinned = frozenset(job.excluded) | (frozenset(job.wide) if wide else frozenset())
+        result = accuracy_fallback(quantizer_groups_for(job, config.mode), fall_back,
+                                   lambda nodes: job.quantize(only=nodes), job.scorer, job.target,
                                    budget_s=config.accuracy.budget_s, pinned=pinned)
         job.score = result.score
         fallbacks = [n for n in result.excluded if n not in pinned]
-        job.excluded.update({n: "accuracy search" for n in fallbacks})
+        (job.wide if wide else job.excluded).update({n: "accuracy search" for n in fallbacks})
         ctx.decide("accuracy_search", {
             "metric": config.accuracy.metric, "target": job.target, "score": result.score, "met": result.met,
-            "fallbacks": fallbacks, "ranking": result.ranking, "history": result.history,
+            "fallback": config.accuracy.fallback, "fallbacks": fallbacks, "pin_with": "int16_nodes" if wide
+            else "exclude_nodes", "ranking": result.ranking, "history": result.history,
             "seconds": round(result.seconds, 3)})
         if not result.met:
             ctx.log(f"WARNING: quantize accuracy search did not reach {config.accuracy.metric} >= {job.target:.4g} "
-                    f"(best {result.score:.4g} with {len(fallbacks)} node(s) in float); the best model is kept")
+                    f"(best {result.score:.4g} with {len(fallbacks)} node(s) in {config.accuracy.fallback}); "
+                    f"the best model is kept")
         return result.model
 
     def _speed_guard(self, model: onnx.ModelProto, out: onnx.ModelProto, job: Job, config: QuantizeConfig,
@@ -167,28 +176,32 @@ class Quantize(Pass):
             speed["why_slower"] = why_slower(out, label, ctx)
             ctx.log(f"quantize: {label} is slower than float ({timed['float'] / timed['quantized']:.2f}x): "
                     f"{speed['why_slower']['reason']}")
-            variant = self._speed_aware(job, speed["why_slower"]["islands"], config, ctx)
+            variant = self._speed_aware(job, speed["why_slower"], config, ctx)
             if variant is not None:
                 candidates["speed-aware"] = variant
                 timed = medians({"float": model, "quantized": out, "speed-aware": variant[0]}, ctx, config.speed_runs)
         best = min(candidates, key=timed.__getitem__)
         out, job.excluded = candidates[best]
+        job.wide = {n: why for n, why in job.wide.items() if n not in job.excluded}
         ratio = timed["float"] / timed[best]
         speed.update({f"{name}_ms": round(ms, 4) for name, ms in timed.items()}, fastest=best, speedup=round(ratio, 3))
         ctx.decide("speed", speed)
         return out if ratio >= 1.0 else self._on_slower(model, out, speed, config, ctx)
 
-    def _speed_aware(self, job: Job, island_ops: dict[str, int], config: QuantizeConfig,
+    def _speed_aware(self, job: Job, why: dict[str, Any], config: QuantizeConfig,
                      ctx: PassContext) -> tuple[onnx.ModelProto, dict[str, str]] | None:
-        """The model re-quantized (from the cached ranges) with the island op types left in float. None when no
-        island op is quantized itself (a Tanh between two quantized convs sits between their Q/DQ whatever
-        its own setting), or when the variant would break the accuracy target."""
+        """The model re-quantized (from the cached ranges) with the island op types, and any 16-bit nodes, left
+        in float. None when there is nothing to leave out (a Tanh between two quantized convs sits between
+        their Q/DQ whatever its own setting), or when the variant would break the accuracy target."""
         if config.mode != "static":
             return None
         extra = {n.name: f"speed-aware: {n.op_type} ran as a float Q/DQ island" for n in job.base.graph.node
-                 if n.op_type in island_ops and n.op_type in job.op_types and n.name not in job.excluded}
+                 if n.op_type in why["islands"] and n.op_type in job.op_types and n.name not in job.excluded
+                 and n.name not in job.wide}
+        if why.get("int16_islands"):
+            extra.update({n: "speed-aware: 16-bit ran as DequantizeLinear + float op" for n in job.wide})
         if not extra:
-            if island_ops:
+            if why["islands"]:
                 ctx.log("quantize: no speed-aware variant: the island ops are not quantized themselves, their "
                         "neighbours' Q/DQ surround them")
             return None

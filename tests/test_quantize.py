@@ -275,6 +275,54 @@ def test_accuracy_search_finds_the_outlier_convs_and_a_recipe_can_pin_them(tmp_p
     assert len(calls) == 1  # every candidate of the search and the pinned rerun read the cached ranges
 
 
+def sixteen_bit_weights(model: onnx.ModelProto) -> set[str]:
+    """Conv/Gemm nodes whose weight comes through a 16-bit DequantizeLinear."""
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    wide = {TensorProto.INT16, TensorProto.UINT16}
+    return {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in dq
+            and inits[dq[n.input[1]].input[0]].data_type in wide}
+
+
+def test_int16_fallback_needs_one_group_where_float_needs_two(tmp_path):
+    """Floating conv4 alone leaves its input tensor int8 (its neighbour conv3 keeps it quantized); 16 bits on
+    conv4's activations and weights fix the outlier by themselves, so the int16 search stops after one group."""
+    model, cal, ev = models.outlier_conv_model(), data((8, 16, 16)), data((8, 16, 16), seed=1)
+    base = {"speed_guard": False}
+    out, ctx = quantize(model, tmp_path / "a", {**base, "accuracy": {"metric": "sqnr", "min_db": 35,
+                                                                      "fallback": "int16"}},
+                        calibration=cal, evaluation=ev, cache_dir=tmp_path / "cache")
+    search = ctx.decisions["accuracy_search"]
+    assert search["met"] and search["fallbacks"] == ["conv4"] and search["pin_with"] == "int16_nodes"
+    assert sixteen_bit_weights(out) == {"conv4"} and not float_weights(out)
+    assert ctx.decisions["int16"] == {"conv4": "accuracy search"} and max(o.version for o in out.opset_import) >= 21
+    assert metrics(model, out, ev)["y"].sqnr_db >= 35
+    pinned, _ = quantize(model, tmp_path / "b", {**base, "int16_nodes": ["conv4"]}, calibration=cal,
+                         cache_dir=tmp_path / "cache")
+    assert pinned.SerializeToString() == out.SerializeToString()
+
+
+def test_speed_guard_names_16_bit_nodes_and_floats_them_in_the_speed_aware_variant(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_module, "medians", timing(float=1.0, quantized=2.0, speed_aware=0.5))
+    out, ctx = quantize(models.outlier_conv_model(), tmp_path, {"int16_nodes": ["conv4"]},
+                        calibration=data((8, 16, 16)))
+    why = ctx.decisions["speed"]["why_slower"]
+    # conv4, and conv3, whose output is conv4's 16-bit input (ORT converts back to 8 bits after conv4)
+    assert why["int16_islands"] == 2 and "Conv" not in why["islands"] and "16-bit Q/DQ" in why["reason"]
+    assert ctx.decisions["speed"]["fastest"] == "speed-aware" and "int16" not in ctx.decisions
+    assert float_weights(out) == {"conv4"} and not sixteen_bit_weights(out)
+
+
+def test_int16_nodes_must_exist_and_need_static_mode(tmp_path):
+    with pytest.raises(RecipeError, match="int16_nodes names no node"):
+        quantize(models.conv_stack(), tmp_path, {"int16_nodes": ["nope"], "speed_guard": False},
+                 calibration=data((3, 16, 16)))
+    for config in ({"mode": "dynamic", "int16_nodes": ["a"]},
+                   {"mode": "dynamic", "accuracy": {"metric": "cosine", "max_drop": 0.01, "fallback": "int16"}}):
+        with pytest.raises(ValidationError, match="int16 fallback needs mode static"):
+            Quantize.Config(**config)
+
+
 def test_accuracy_metric_needs_labels(tmp_path):
     with pytest.raises(RecipeError, match="needs labels"):
         quantize(models.conv_stack(), tmp_path, {"accuracy": {"metric": "accuracy", "max_drop": 0.01}},

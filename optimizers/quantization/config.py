@@ -21,9 +21,11 @@ class AccuracyConfig(PassConfig):
     min_db: float | None = Field(None, description="metric sqnr: the worst output's SQNR must reach this (dB)")
     budget_s: float = Field(300.0, gt=0, description="stop searching after this many seconds; the best model "
                                                      "found so far is kept")
-    fallback: Literal["float"] = Field(
-        "float", description="precision a reverted quantizer group runs in (float; int16 overrides need opset "
-                             "21 and run as DequantizeLinear + float op on the CPU EP anyway)")
+    fallback: Literal["float", "int16"] = Field(
+        "float", description="precision a reverted quantizer group runs in: float, or int16 (16-bit activations "
+                             "and weights, static mode, opset 21): for runtimes with native 16-bit kernels (NPUs "
+                             "such as Qualcomm HTP); ORT's CPU runs it as DequantizeLinear + float op, slower "
+                             "than float")
 
     @model_validator(mode="after")
     def _has_target(self) -> AccuracyConfig:
@@ -63,6 +65,9 @@ class QuantizeConfig(PassConfig):
                                           "them) left in float; how a recipe pins the accuracy search's fallbacks")
     exclude_regex: str | None = Field(None, description="regex searched in node names; matches stay float")
     include_nodes: list[str] | None = Field(None, description="quantize only these node names; null = all")
+    int16_nodes: list[str] = Field(
+        default_factory=list, description="static: node names whose activations and weights get 16-bit Q/DQ "
+                                          "(how a recipe pins an int16 accuracy search's fallbacks)")
     range_guard: bool = Field(True, description="keep a Concat/Add/Sum/Sub in float when its inputs' calibrated "
                                                 "ranges differ by more than range_ratio")
     range_ratio: float = Field(20.0, gt=1, description="largest input range ratio the range guard allows")
@@ -102,4 +107,12 @@ class QuantizeConfig(PassConfig):
     def _dynamic_is_uint8(self) -> QuantizeConfig:
         if self.mode == "dynamic" and self.activation_type == "int8":
             raise ValueError("dynamic mode quantizes activations to uint8 only (quantize_dynamic)")
+        return self
+
+    @model_validator(mode="after")
+    def _int16_is_static(self) -> QuantizeConfig:
+        wants = self.int16_nodes or (self.accuracy is not None and self.accuracy.fallback == "int16")
+        if wants and self.mode != "static":
+            raise ValueError(f"int16 fallback needs mode static (16-bit Q/DQ); mode {self.mode} quantizes per node "
+                             f"with integer kernels that have no 16-bit form")
         return self

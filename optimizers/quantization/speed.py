@@ -19,6 +19,7 @@ from accelopt.optimizers.quantization.prepare import CONVERTERS
 from accelopt.targets.onnxruntime import OrtRunner
 
 SPEED_ROUNDS, SPEED_WARMUP = 3, 3
+_SIXTEEN_BIT = frozenset({onnx.TensorProto.INT16, onnx.TensorProto.UINT16})
 
 
 def _timing_feeds(runner: OrtRunner, model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarray]:
@@ -38,9 +39,11 @@ def medians(models: dict[str, onnx.ModelProto], ctx: PassContext, runs: int) -> 
     return {name: s.median_ms for name, s in stats.items()}
 
 
-def islands(model: onnx.ModelProto, tmp_dir: Path) -> tuple[Counter, Counter]:
+def islands(model: onnx.ModelProto, tmp_dir: Path) -> tuple[Counter, Counter, int]:
     """(float-only ops sandwiched between DequantizeLinear and QuantizeLinear after ORT's own QDQ fusions,
-    every op ORT runs), read from ORT's 'extended'-optimized graph (portable, unlike 'all')."""
+    every op ORT runs, how many sandwiched nodes touch a 16-bit Q/DQ), read from ORT's 'extended'-optimized
+    graph (portable, unlike 'all'). A 16-bit tensor stops int8 kernels on both sides of it, so its
+    neighbours count as 16-bit too: leaving them in float would not remove the cause."""
     path = save_model(model, tmp_dir / "speed-check.onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -51,22 +54,39 @@ def islands(model: onnx.ModelProto, tmp_dir: Path) -> tuple[Counter, Counter]:
                                          "speed-check-ort.onnx.data")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
-    producers = {out: n.op_type for n in graph.node for out in n.output}
-    consumers: dict[str, set[str]] = {}
+    zero_points = {t.name: t.data_type for t in graph.initializer}
+    sixteen_bit = {n.name for n in graph.node if n.op_type in CONVERTERS and len(n.input) > 2
+                   and zero_points.get(n.input[2]) in _SIXTEEN_BIT}
+    producers = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for name in n.input:
-            consumers.setdefault(name, set()).add(n.op_type)
-    found = Counter(n.op_type for n in graph.node if n.op_type not in CONVERTERS
-                    and any(producers.get(i) == "DequantizeLinear" for i in n.input)
-                    and any("QuantizeLinear" in consumers.get(o, ()) for o in n.output))
-    return found, Counter(n.op_type for n in graph.node)
+            consumers.setdefault(name, []).append(n)
+    found: Counter = Counter()
+    wide = 0
+    for n in graph.node:
+        dqs = [producers[i] for i in n.input if i in producers and producers[i].op_type == "DequantizeLinear"]
+        qs = [c for o in n.output for c in consumers.get(o, []) if c.op_type == "QuantizeLinear"]
+        if n.op_type in CONVERTERS or not dqs or not qs:
+            continue
+        if any(q.name in sixteen_bit for q in dqs + qs):
+            wide += 1
+        else:
+            found[n.op_type] += 1
+    return found, Counter(n.op_type for n in graph.node), wide
 
 
 def why_slower(model: onnx.ModelProto, label: str, ctx: PassContext) -> dict[str, Any]:
-    found, ops = islands(model, ctx.tmp_dir)
+    found, ops, sixteen = islands(model, ctx.tmp_dir)
+    reasons = []
     if found:
-        text = (f"{sum(found.values())} Q/DQ island(s): float-only ops between DequantizeLinear and QuantizeLinear "
-                f"({', '.join(f'{op} x{n}' for op, n in found.most_common(5))}) pay a dequantize + quantize each")
-    else:
-        text = f"no Q/DQ islands: the {label} kernels themselves are not faster than float for these layers here"
-    return {"reason": text, "islands": dict(found.most_common()), "top_ops": dict(ops.most_common(8))}
+        reasons.append(f"{sum(found.values())} Q/DQ island(s): float-only ops between DequantizeLinear and "
+                       f"QuantizeLinear ({', '.join(f'{op} x{n}' for op, n in found.most_common(5))}) pay a "
+                       f"dequantize + quantize each")
+    if sixteen:
+        reasons.append(f"{sixteen} node(s) at 16-bit Q/DQ run as DequantizeLinear + float op + QuantizeLinear on "
+                       f"this runtime (no 16-bit kernels)")
+    text = "; ".join(reasons) or f"no Q/DQ islands: the {label} kernels themselves are not faster than float for " \
+                                 f"these layers here"
+    return {"reason": text, "islands": dict(found.most_common()), "int16_islands": sixteen,
+            "top_ops": dict(ops.most_common(8))}
