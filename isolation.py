@@ -1,5 +1,6 @@
 """Guards around third-party tools' side effects, so that accelopt never writes where the user did not ask:
-native code printing straight to file descriptor 2 (onnxsim's C++ core), and files dropped into the current
+native code printing straight to file descriptor 2 (onnxsim's C++ core), Python libraries logging to the root
+logger (onnxruntime.quantization, onnxruntime.transformers), and files dropped into the current
 directory (ORT's symbolic shape inference saves `sym_shape_infer_temp.onnx` plus a uuid-named `.data` file
 there whenever it gives up, including inside `quant_pre_process`)."""
 
@@ -7,14 +8,38 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import onnx
+
+
+@contextmanager
+def library_logs(log: Callable[[str], None]) -> Iterator[None]:
+    """Route `logging` warnings to `log` (a step's notes), once each, and drop the rest, while a step runs:
+    steps never print, and onnxruntime.quantization.matmul_nbits_quantizer even calls basicConfig at INFO on
+    import."""
+    seen: set[str] = set()
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines = record.getMessage().strip().splitlines()
+            if lines and lines[0] not in seen:
+                seen.add(lines[0])
+                log(f"{record.module if record.name == 'root' else record.name}: {lines[0][:300]}")
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers, root.level = [Forward(logging.WARNING)], logging.WARNING
+    try:
+        yield
+    finally:
+        root.handlers, root.level = handlers, level
 
 
 @contextmanager

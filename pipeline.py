@@ -29,6 +29,7 @@ from accelopt.cache import StepCache, cache_key
 from accelopt.converters.onnx_io import check_model, load_model, model_bytes, sha256_file, staged_dir
 from accelopt.data import Dataset, RandomSource, load_npz, load_source
 from accelopt.errors import AccelError, BadInputError, ConversionError, first_line
+from accelopt.isolation import library_logs
 from accelopt.latency import batch_feeds, side_by_side, speedup
 from accelopt.metrics import OutputMetrics, accuracy, compare_outputs, worst
 from accelopt.optimizers import PassContext, get_pass
@@ -201,7 +202,8 @@ def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelPr
     ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        out = pass_cls().apply(model, pass_cls.Config.model_validate(config), ctx)
+        with library_logs(ctx.log):
+            out = pass_cls().apply(model, pass_cls.Config.model_validate(config), ctx)
     except AccelError:
         raise
     except Exception as e:

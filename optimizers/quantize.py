@@ -36,8 +36,7 @@ from accelopt.optimizers.quantization.accuracy import make_scorer, quantizer_gro
 from accelopt.optimizers.quantization.calibration import calibrate, calibration_options, range_mismatches, static_batch
 from accelopt.optimizers.quantization.config import QuantizeConfig
 from accelopt.optimizers.quantization.fallback import accuracy_fallback
-from accelopt.optimizers.quantization.prepare import (calibration_set, library_logs, name_nodes, pre_process,
-                                                       refuse_quantized)
+from accelopt.optimizers.quantization.prepare import calibration_set, name_nodes, pre_process, refuse_quantized
 from accelopt.optimizers.quantization.quantizers import (Job, dynamic_quantizer, quantized_nodes,
                                                           resolve_exclusions, static_quantizer,
                                                           weight_only_quantizer)
@@ -61,14 +60,13 @@ class Quantize(Pass):
         settings = resolve_settings(config, ctx)
         self._decide_settings(config, settings, ctx)
         self._note_int8_kernels(config, settings, ctx)
-        with library_logs(ctx):
-            job = self._prepare(model, config, settings, ctx)
-            out = self._search(model, job, config, ctx)
-            if config.speed_guard and settings.profile == "ort-cpu":
-                out = self._speed_guard(model, out, job, config, ctx)
-            else:
-                ctx.decide("speed", "not measured: " + ("speed_guard is off" if not config.speed_guard else
-                                                        "int8 speed of the tensorrt profile is measured on the GPU"))
+        job = self._prepare(model, config, settings, ctx)
+        out = self._search(model, job, config, ctx)
+        if config.speed_guard and settings.profile == "ort-cpu":
+            out = self._speed_guard(model, out, job, config, ctx)
+        else:
+            ctx.decide("speed", "not measured: " + ("speed_guard is off" if not config.speed_guard else
+                                                    "int8 speed of the tensorrt profile is measured on the GPU"))
         ctx.decide("excluded", job.excluded)
         if job.wide:
             ctx.decide("int16", job.wide)

@@ -323,6 +323,20 @@ def test_int16_nodes_must_exist_and_need_static_mode(tmp_path):
             Quantize.Config(**config)
 
 
+def test_cosine_mean_scores_the_mean_per_token_cosine_of_an_embedding(tmp_path):
+    """A dynamic search for mean token cosine: its score is the per-token mean, which lies above the worst
+    token's cosine, and a target below the all-int8 score means nothing falls back."""
+    model, ev = models.matmul_mlp(hidden=32), data((8, 32), n=8, seed=2)
+    task = TaskSpec(kind="embedding")
+    out, ctx = quantize(model, tmp_path, {"mode": "dynamic", "speed_guard": False,
+                                          "accuracy": {"metric": "cosine_mean", "max_drop": 0.5}},
+                        evaluation=ev, task=task)
+    search = ctx.decisions["accuracy_search"]
+    m = metrics(model, out, ev, task)["y"]
+    assert search["score"] == pytest.approx(m.cosine_mean) and m.cosine_mean > m.cosine
+    assert search["met"] and search["fallbacks"] == []
+
+
 def test_accuracy_metric_needs_labels(tmp_path):
     with pytest.raises(RecipeError, match="needs labels"):
         quantize(models.conv_stack(), tmp_path, {"accuracy": {"metric": "accuracy", "max_drop": 0.01}},

@@ -40,7 +40,10 @@ class Scorer:
         if self.metric == "accuracy":
             name = self.task.output or next(iter(outputs))
             return accuracy(outputs[name], self.labels, axis=self.task.axis)
-        summary = worst(compare_outputs(self.reference, outputs, task=self.task, precision="int8", feeds=self.feeds))
+        compared = compare_outputs(self.reference, outputs, task=self.task, precision="int8", feeds=self.feeds)
+        if self.metric == "cosine_mean":  # per-sample (embeddings: per-token) mean, else the whole output's
+            return min(m.cosine if m.cosine_mean is None else m.cosine_mean for m in compared)
+        summary = worst(compared)
         key = {"top1": "top1_agreement", "cosine": "cosine", "sqnr": "sqnr_db"}[self.metric]
         return -math.inf if summary[key] is None else float(summary[key])
 

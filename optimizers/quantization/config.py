@@ -11,12 +11,14 @@ from accelopt.optimizers.base import PassConfig
 
 
 class AccuracyConfig(PassConfig):
-    metric: Literal["top1", "cosine", "sqnr", "accuracy"] = Field(
+    metric: Literal["top1", "cosine", "cosine_mean", "sqnr", "accuracy"] = Field(
         "cosine", description="what the search protects, against the float model on the evaluation data: top1 "
-                              "agreement (task classification/detection), worst output cosine, worst output SQNR "
-                              "(dB), or task accuracy against labels")
+                              "agreement (task classification/detection), worst output cosine (embeddings: the "
+                              "worst token's), mean per-sample cosine (embeddings: per valid token), worst output "
+                              "SQNR (dB), or task accuracy against labels")
     max_drop: float | None = Field(
-        None, ge=0, description="top1/cosine: largest allowed 1 - value (0.01 = 99% agreement / cosine 0.99); "
+        None, ge=0, description="top1/cosine/cosine_mean: largest allowed 1 - value (0.01 = 99% agreement / "
+                                "cosine 0.99); "
                                 "accuracy: largest drop below the float model's accuracy (0.01 = 1 point)")
     min_db: float | None = Field(None, description="metric sqnr: the worst output's SQNR must reach this (dB)")
     budget_s: float = Field(300.0, gt=0, description="stop searching after this many seconds; the best model "

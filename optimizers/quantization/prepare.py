@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -57,29 +55,6 @@ def calibration_set(config: QuantizeConfig, ctx: PassContext) -> Dataset:
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise BadInputError(f"calibration data for input {name!r} holds {bad} NaN/Inf value(s); clean the data")
     return data
-
-
-@contextmanager
-def library_logs(ctx: PassContext) -> Iterator[None]:
-    """onnxruntime.quantization talks through `logging` (and matmul_nbits_quantizer calls basicConfig at INFO on
-    import); a pass never prints, so while it runs, warnings go to the step's notes once each and the rest is
-    dropped."""
-    seen: set[str] = set()
-
-    class Forward(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines = record.getMessage().strip().splitlines()
-            if lines and lines[0] not in seen:
-                seen.add(lines[0])
-                ctx.log(f"onnxruntime.quantization: {lines[0][:300]}")
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers, root.level = [Forward(logging.WARNING)], logging.WARNING
-    try:
-        yield
-    finally:
-        root.handlers, root.level = handlers, level
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

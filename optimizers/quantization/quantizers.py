@@ -64,7 +64,7 @@ def dynamic_quantizer(pre_path: Path, base: onnx.ModelProto, settings: Settings,
 
 def weight_only_quantizer(base: onnx.ModelProto, config: QuantizeConfig) -> Quantizer:
     """int4 MatMulNBits on MatMuls with constant weights; the quantizer edits the model it is given, so each
-    call gets a copy. Imported here: the module calls logging.basicConfig at INFO on import (see _library_logs)."""
+    call gets a copy. Imported here: the module calls logging.basicConfig at INFO on import (isolation.library_logs)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     def run(excluded: set[str], only: set[str] | None, wide: set[str]) -> onnx.ModelProto:
