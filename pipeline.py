@@ -179,13 +179,13 @@ def _graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
     return {"nodes": sum(ops.values()), "bytes": model_bytes(model), "ops": ops}
 
 
-def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelProto, recipe: Recipe,
-              calibration: Dataset | None, evaluation: Dataset, target: Any, cache: StepCache | None, tmp: Path,
-              opts: RunOptions, versions: dict[str, str]) -> StepOutcome:
+def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelProto, original: onnx.ModelProto,
+              recipe: Recipe, calibration: Dataset | None, evaluation: Dataset, target: Any,
+              cache: StepCache | None, tmp: Path, opts: RunOptions, versions: dict[str, str]) -> StepOutcome:
     pass_cls = get_pass(name)
     context = {"calibration": lambda: calibration.fingerprint() if calibration is not None else None,
                "evaluation": evaluation.fingerprint, "task": lambda: recipe.task.model_dump(mode="json"),
-               "threads": lambda: recipe.validation.threads}
+               "threads": lambda: recipe.validation.threads, "original": lambda: _model_digest(original)}
     key = cache_key({
         "model": _model_digest(model), "pass": name, "pass_version": pass_cls.version, "config": config,
         "shapes": recipe.input.shapes, "target": recipe.target.model_dump(mode="json"), "tools": versions,
@@ -195,7 +195,7 @@ def _run_step(index: int, name: str, config: dict[str, Any], model: onnx.ModelPr
         out, record = hit
         return StepOutcome(out, {**record, "cached": True})
     ctx = PassContext(tmp_dir=tmp / f"step{index}-{name}", calibration=calibration, evaluation=evaluation,
-                      task=recipe.task, input_shapes=dict(recipe.input.shapes), target=target,
+                      original=original, task=recipe.task, input_shapes=dict(recipe.input.shapes), target=target,
                       threads=recipe.validation.threads,
                       cache_dir=cache.root / "passes" if cache is not None else None,
                       on_log=lambda msg: _emit(opts, "log", step=name, message=msg))
@@ -253,8 +253,8 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         for i, step in enumerate(recipe.steps):
             _emit(opts, "step_start", index=i, total=len(recipe.steps), name=step.name)
             before = _graph_facts(current)
-            outcome = _run_step(i, step.name, step.config, current, recipe, calibration, probe, target, cache,
-                                tmp, opts, versions)
+            outcome = _run_step(i, step.name, step.config, current, model, recipe, calibration, probe, target,
+                                cache, tmp, opts, versions)
             pass_cls = get_pass(step.name)
             step_precision = pass_cls().output_precision(pass_cls.Config.model_validate(step.config))
             precision = max(precision, step_precision, key=PRECISION_ORDER.index)

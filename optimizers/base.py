@@ -34,6 +34,7 @@ class PassContext:
     tmp_dir: Path
     calibration: Any = None  # accelopt.data.Dataset | None: what calibration-based passes fit on
     evaluation: Any = None  # accelopt.data.Dataset | None: held-out samples (labels optional) for accuracy searches
+    original: Any = None  # onnx.ModelProto | None: the pipeline's input model, before any step (distill's teacher)
     task: Any = None  # accelopt.metrics.TaskSpec | None: how outputs are judged
     input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
     target: Any = None  # accelopt.targets.base.Target
@@ -61,7 +62,7 @@ class Pass(ABC):
     version: ClassVar[int] = 1
     # Numeric precision of the output, which picks the default comparison tolerances.
     precision: ClassVar[str] = "fp32"
-    # Context a pass reads beyond the model and config ("calibration", "evaluation", "task", "threads"):
+    # Context a pass reads beyond the model and config ("calibration", "evaluation", "task", "threads", "original"):
     # exactly these join its cache key, so a change in unused data never forces a rerun.
     uses: ClassVar[frozenset[str]] = frozenset()
 
