@@ -1,6 +1,6 @@
 """INT8 on the CPU, side by side: FP32 vs ONNX Runtime's quantizer defaults vs accelopt (issue 3's "Done when").
 
-    python benchmarks/quantize_speed.py [--cases cnn,detector,minilm,minilm-search,digits] [--rounds 5] [--runs 50]
+    python benchmarks/quantize_speed.py [--cases cnn,detector,minilm,minilm-search,outlier-float,outlier-int16,digits] [--rounds 5] [--runs 50]
 
 Every variant of a case is timed in this one process, single thread, batch 1, round-robin (each keeps its best
 round median), so the speed-ups compare like with like on a noisy shared machine. Quality is measured on
@@ -14,6 +14,8 @@ the issue's goals:
 - all-MiniLM-L6-v2 (benchmarks/real_models.py), 32 tokens: >= 2.5x, output cosine >= 0.99 on the valid tokens
   (attention_mask == 1); `minilm-search` adds the accuracy search for mean valid-token cosine >= 0.99.
 - The bundled digits CNN (examples/digits): accuracy drop <= 0.5 points on evaluation.npz.
+- The outlier conv stack of the tests (one layer's channels x40): the accuracy search to 35 dB SQNR with float
+  vs 16-bit fallback, and what 16 bits cost on ORT's CPU EP (no 16-bit kernels).
 
 "ORT defaults" is what a user gets from `quantize_static(model, out, reader)` (or `quantize_dynamic(model, out)`
 for the encoder) with no other argument. accelopt rows run a built-in recipe through the real pipeline,
@@ -100,7 +102,7 @@ def accelopt_missing(recipe: str) -> str | None:
     """Why the accelopt row cannot run yet, or None: the quantize step (issue 3) and its recipes are being written."""
     if "quantize" not in REGISTRY:
         return "accelopt has no quantize step yet"
-    if recipe not in builtin_names():
+    if recipe not in builtin_names() and not Path(recipe).is_file():
         return f"no built-in recipe {recipe!r} yet"
     return None
 
@@ -128,6 +130,12 @@ def detection_quality(ref: Feeds, test: Feeds, _: Feeds) -> tuple[str, bool]:
     text = (f"scores cos {scores.cosine:.4f}, boxes cos {boxes.cosine:.4f}, "
             f"top-{real_models.DETECTOR_TASK['top_k']} class agree {scores.top1_agreement:.1%}")
     return text, scores.top1_agreement >= 0.95
+
+
+def sqnr_35_quality(ref: Feeds, test: Feeds, _: Feeds) -> tuple[str, bool]:
+    """The accuracy search's own target on the outlier model."""
+    m = compare_outputs(ref, test, precision="int8")[0]
+    return f"SQNR {m.sqnr_db:.1f} dB", m.sqnr_db >= 35
 
 
 def valid_token_quality(ref: Feeds, test: Feeds, evaluation: Feeds) -> tuple[str, bool]:
@@ -214,6 +222,32 @@ def minilm_search_case(tmp: Path) -> Case:
     return case
 
 
+OUTLIER_RECIPE = """version: 1
+name: outlier-search-{fallback}
+task: {{kind: raw}}
+steps:
+  - quantize: {{speed_guard: false, accuracy: {{metric: sqnr, min_db: 35, fallback: {fallback}}}}}
+"""
+
+
+def outlier_case(fallback: str) -> Callable[[Path], Case]:
+    """The notes' outlier model (tests/models.py: conv3's channels x40, conv4's inputs /40), no equalize: what the
+    accuracy search leaves at higher precision to reach 35 dB, with float or 16-bit Q/DQ as the fallback."""
+
+    def build(tmp: Path) -> Case:
+        from accelopt.tests.models import outlier_conv_model
+        model, recipe = tmp / "outlier.onnx", tmp / f"outlier-{fallback}.yaml"
+        onnx.save(outlier_conv_model(), str(model))
+        recipe.write_text(OUTLIER_RECIPE.format(fallback=fallback))
+        rng = np.random.default_rng(0)
+        return Case(f"outlier conv stack, {fallback} fallback", model,
+                    {"x": rng.standard_normal((16, 8, 16, 16), np.float32)},
+                    {"x": rng.standard_normal((32, 8, 16, 16), np.float32)}, ort_static_defaults, str(recipe), [],
+                    sqnr_35_quality, 0.0)
+
+    return build
+
+
 def digits_case(tmp: Path) -> Case:
     digits = ROOT / "examples" / "digits"
     return Case("digits CNN (examples/digits)", digits / "digits_cnn.onnx", dict(np.load(digits / "calibration.npz")),
@@ -222,7 +256,7 @@ def digits_case(tmp: Path) -> Case:
 
 
 CASES = {"cnn": cnn_case, "detector": detector_case, "minilm": minilm_case, "minilm-search": minilm_search_case,
-         "digits": digits_case}
+         "outlier-float": outlier_case("float"), "outlier-int16": outlier_case("int16"), "digits": digits_case}
 
 
 # --- measuring -----------------------------------------------------------------------------------------------

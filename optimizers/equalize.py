@@ -31,6 +31,7 @@ from pydantic import Field
 
 from accelopt.errors import RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
+from accelopt.optimizers.fuse import ORT_FUSED
 from accelopt.targets.base import run_all
 from accelopt.targets.onnxruntime import OrtRunner
 
@@ -41,8 +42,6 @@ _HOMOGENEOUS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 _NOT_HOMOGENEOUS = frozenset({"Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Elu", "Selu", "Celu",
                               "Gelu", "Softplus", "Softsign", "Mish", "Erf", "ThresholdedRelu", "BatchNormalization"})
 _ELEMENTWISE = _HOMOGENEOUS | _NOT_HOMOGENEOUS
-# ONNX Runtime's fused layers (what `fuse` with an ORT level writes): not rescaled, and not quantized either.
-_ORT_FUSED = frozenset({"FusedConv", "FusedGemm", "FusedMatMul"})
 _EPS = 1e-12
 _INT8_MAX = 127  # symmetric int8 weights use [-127, 127], as ORT's QInt8 weight quantization does
 _STATS_BATCH = 8  # samples per ORT call when gathering input means: bounds the memory of exposed activations
@@ -420,7 +419,7 @@ def _report_limits(graph: ir.Graph, skipped: list[dict], ctx: PassContext) -> No
     """Say what kept layers from being equalized and what the user can do about it."""
     if any("BatchNormalization" in s["via"] for s in skipped):
         ctx.log("equalize: BatchNormalization sits between some pairs; fold it with `fuse: {ort: off}` first")
-    fused = [_name(n) for n in graph if n.domain == "com.microsoft" and n.op_type in _ORT_FUSED]
+    fused = [_name(n) for n in graph if n.domain == "com.microsoft" and n.op_type in ORT_FUSED]
     ctx.decide("ort_fused_layers_left", fused)
     if fused:
         ctx.log(f"equalize: {len(fused)} ONNX Runtime fused layer(s) (FusedConv/FusedGemm/FusedMatMul) left "

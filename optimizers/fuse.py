@@ -30,6 +30,10 @@ _ORT_LEVELS = {
 }
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
+# What ORT's offline optimization (`ort: basic|extended`) writes for Conv/Gemm/MatMul + activation: contrib ops
+# that later steps cannot rescale (equalize) or quantize (ORT's quantizer has no int8 form for them).
+ORT_FUSED = frozenset({"FusedConv", "FusedGemm", "FusedMatMul"})
+
 
 class FuseConfig(PassConfig):
     conv_bn: bool = Field(True, description="fold BatchNormalization into the Conv/ConvTranspose/Gemm before it")

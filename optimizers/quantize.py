@@ -32,6 +32,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from accelopt.converters.onnx_io import copy_model
 from accelopt.errors import ConversionError
 from accelopt.optimizers.base import Pass, PassContext, register
+from accelopt.optimizers.fuse import ORT_FUSED
 from accelopt.optimizers.quantization.accuracy import make_scorer, quantizer_groups_for
 from accelopt.optimizers.quantization.calibration import calibrate, calibration_options, range_mismatches, static_batch
 from accelopt.optimizers.quantization.config import QuantizeConfig
@@ -116,6 +117,11 @@ class Quantize(Pass):
     def _prepare_static(self, model: onnx.ModelProto, config: QuantizeConfig, s: Settings, ctx: PassContext) -> Job:
         """Check the data, pre-process, calibrate once (or reuse cached ranges), apply the range guard."""
         data = calibration_set(config, ctx)
+        fused = [n.name for n in model.graph.node if n.domain == "com.microsoft" and n.op_type in ORT_FUSED]
+        if fused:
+            ctx.log(f"quantize: {len(fused)} ONNX Runtime fused layer(s) (FusedConv/FusedGemm/FusedMatMul) stay float: "
+                    "ORT's quantizer has no int8 form for them; quantize before ORT graph optimization "
+                    "(fuse: {ort: off})")
         pre_path = pre_process(model, ctx)
         base = onnx.load(str(pre_path))
         ranges_path, ranges, cached = calibrate(pre_path, static_batch(base), config, data, ctx)

@@ -61,6 +61,33 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, list(arg.shape), dtype)
 
 
+def with_runtime_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with a value_info for every node output ONNX shape inference left untyped, as ORT's own graph
+    resolution types it (it knows the contrib ops' schemas: FusedConv, Attention, SkipLayerNormalization...).
+    ORT accepts graph outputs with no type and reports the type and shape it inferred for them, so this needs
+    no data run. Tools that read value_info, such as ORT's calibrator, otherwise skip every tensor downstream
+    of a contrib op."""
+    typed = onnx.shape_inference.infer_shapes(model) if not is_large(model) else model
+    known = {v.name for v in [*typed.graph.value_info, *typed.graph.input, *typed.graph.output]}
+    known |= {t.name for t in typed.graph.initializer}
+    missing = [o for n in typed.graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return typed
+    probe = onnx.ModelProto()
+    probe.CopyFrom(typed)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in missing)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    outputs = {arg.name: _spec(arg) for arg in _session(probe, options).get_outputs()}
+    for name in missing:
+        spec = outputs[name]
+        if spec.dtype != np.dtype(object):
+            typed.graph.value_info.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(spec.dtype), spec.shape))
+    return typed
+
+
 class OrtRunner:
     """Runs a model with ORT on the CPU, sequentially, at a known thread count."""
 

@@ -337,6 +337,20 @@ def test_cosine_mean_scores_the_mean_per_token_cosine_of_an_embedding(tmp_path):
     assert search["met"] and search["fallbacks"] == []
 
 
+def test_static_quantize_after_ort_fusion_types_the_tensors_behind_contrib_ops(tmp_path):
+    """After `fuse` at ORT's 'extended' level the digits CNN holds FusedConv (com.microsoft): ONNX shape inference
+    cannot type anything downstream, the calibrator skipped those tensors and quantize_static failed on the
+    head's bias. With ORT's own types filled in, the head quantizes and the fused convs are named as float."""
+    root = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    Fuse = get_pass("fuse")
+    fused = Fuse().apply(onnx.load(str(root / "digits_cnn.onnx")), Fuse.Config(), PassContext(tmp_dir=tmp_path))
+    assert "FusedConv" in ops(fused)
+    x = np.load(root / "calibration.npz")["input"][:16]
+    out, ctx = quantize(fused, tmp_path / "q", {"speed_guard": False}, calibration=Dataset({"input": x}, None, "digits"))
+    assert ctx.decisions["quantized_nodes"].get("Gemm") == 1
+    assert any("fused layer(s)" in note and "stay float" in note for note in ctx.notes)
+
+
 def test_accuracy_metric_needs_labels(tmp_path):
     with pytest.raises(RecipeError, match="needs labels"):
         quantize(models.conv_stack(), tmp_path, {"accuracy": {"metric": "accuracy", "max_drop": 0.01}},

@@ -17,6 +17,7 @@ from accelopt.isolation import isolated_cwd
 from accelopt.optimizers.base import PassContext
 from accelopt.optimizers.quantization.config import QuantizeConfig
 from accelopt.optimizers.quantization.settings import Settings
+from accelopt.targets.onnxruntime import with_runtime_types
 
 # Ops that only appear in a model that is already quantized.
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits",
@@ -85,7 +86,9 @@ def pre_process(model: onnx.ModelProto, ctx: PassContext) -> Path:
                 quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **external)
         except Exception as e2:
             raise ConversionError(f"quantize: quant_pre_process failed ({first_line(e2, with_type=True)})") from e2
-    return save_model(name_nodes(onnx.load(str(dst))), dst)
+    # Contrib ops (after `fuse`) stop ONNX shape inference; without types downstream, the calibrator skips
+    # those tensors and quantize_static fails on the first bias it cannot scale.
+    return save_model(with_runtime_types(name_nodes(onnx.load(str(dst)))), dst)
 
 
 def has_external_data(path: Path) -> bool:
