@@ -270,11 +270,11 @@ def variants(case: Case, tmp: Path) -> tuple[dict[str, Path], dict[str, str]]:
     why = accelopt_missing(case.recipe)
     if why is None:
         try:
-            models[f"accelopt {case.recipe}"] = accelopt_int8(case, tmp)
+            models[f"accelopt {Path(case.recipe).stem}"] = accelopt_int8(case, tmp)
         except AccelError as e:
             why = f"failed: {e}"
     if why is not None:
-        skipped[f"accelopt {case.recipe}"] = why
+        skipped[f"accelopt {Path(case.recipe).stem}"] = why
     return models, skipped
 
 
