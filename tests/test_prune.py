@@ -328,16 +328,33 @@ def test_configs_the_model_cannot_honour_are_refused(config, error, tmp_path):
 # --- end to end ------------------------------------------------------------------------------------------------------
 
 
-def test_convert_with_a_prune_recipe_reports_groups_and_params(cli, tmp_path):
+def digits_recipe(tmp_path: Path, *steps: dict) -> Path:
     recipe = tmp_path / "prune.yaml"
     recipe.write_text(yaml.safe_dump({
         "version": 1, "task": {"kind": "classification"}, "validation": {"samples": 64, "latency": False},
         "data": {"calibration": {"type": "npz", "path": str(DIGITS / "calibration.npz")},
                  "evaluation": {"type": "npz", "path": str(DIGITS / "evaluation.npz")}},
-        "steps": [{"prune": {"ratio": 0.5}}]}))
-    r = cli("convert", DIGITS / "digits_cnn.onnx", "--recipe", recipe, "-o", tmp_path / "out")
+        "steps": list(steps)}))
+    return recipe
+
+
+def test_convert_with_a_prune_recipe_reports_groups_and_params(cli, tmp_path):
+    r = cli("convert", DIGITS / "digits_cnn.onnx", "--recipe", digits_recipe(tmp_path, {"prune": {"ratio": 0.5}}),
+            "-o", tmp_path / "out")
     assert r.code == 0, r.err
     step = json.loads((tmp_path / "out" / "report.json").read_text())["steps"][0]
     assert step["decisions"]["groups_pruned"][0]["channels_after"] == 16
     assert step["decisions"]["params"]["after"] < 0.6 * step["decisions"]["params"]["before"]
     assert step["accuracy_drop"] <= 0.02
+
+
+def test_prune_then_quantize_in_one_recipe(cli, tmp_path):
+    """Pruning composes with INT8: the quantize step reads the pruned graph, and the report has both steps."""
+    recipe = digits_recipe(tmp_path, {"prune": {"ratio": 0.5}}, {"quantize": {"speed_guard": False}})
+    r = cli("convert", DIGITS / "digits_cnn.onnx", "--recipe", recipe, "-o", tmp_path / "out")
+    assert r.code == 0, r.err
+    prune_step, quantize_step = json.loads((tmp_path / "out" / "report.json").read_text())["steps"]
+    assert quantize_step["decisions"]["quantized_nodes"]["Conv"] == 3
+    assert quantize_step["accuracy_drop"] <= 0.02 and prune_step["name"] == "prune"
+    pruned = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in pruned.graph.node)
