@@ -70,6 +70,10 @@ class Pass(ABC):
         """The precision this config produces (a pass whose precision depends on its mode overrides it)."""
         return self.precision
 
+    def only_last(self, config: PassConfig) -> str | None:
+        """Why this config must be the recipe's last step (its output is one no other step can read), or None."""
+        return None
+
     @abstractmethod
     def apply(self, model: onnx.ModelProto, config: PassConfig, ctx: PassContext) -> onnx.ModelProto:
         """Return a new model; never mutate `model` in place."""

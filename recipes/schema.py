@@ -14,7 +14,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from accelopt.data import DataConfig
 from accelopt.errors import RecipeError
@@ -87,6 +87,15 @@ class Recipe(_Strict):
         if not isinstance(v, list):
             raise ValueError("steps must be a list of {step-name: config} entries")
         return [_parse_step(i, s) for i, s in enumerate(v)]
+
+    @model_validator(mode="after")
+    def _last_only_steps_are_last(self) -> Recipe:
+        for i, step in enumerate(self.steps[:-1]):
+            pass_cls = get_pass(step.name)
+            why = pass_cls().only_last(pass_cls.Config.model_validate(step.config))
+            if why:
+                raise ValueError(f"steps[{i}].{step.name} must be the last step: {why}")
+        return self
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as the user would write it (what --emit-recipe prints)."""
@@ -176,15 +185,19 @@ def _flatten(annotation: Any) -> list[Any]:
 # --- loading -------------------------------------------------------------------------------------
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 would read `ort: off` or `mode: no` as False."""
+    """YAML 1.2 booleans and integers. YAML 1.1 would read `ort: off` or `mode: no` as False, and an unquoted
+    `pattern: 2:4` as the base-60 integer 124."""
 
 
+_YAML12 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML12]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
 
 
 def parse_yaml(text: str):

@@ -150,7 +150,7 @@ def _rows(node: ir.Node, x: np.ndarray, y: np.ndarray, quota: int,
 # --- layers as (W, b) ------------------------------------------------------------------------------------------------
 
 
-def _dense(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None]:
+def layer_weights(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None]:
     """The layer's current weights as W [outputs, fan_in] and b [outputs] (None for a MatMul)."""
     w = const(node.inputs[1]).astype(np.float64)
     c = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
@@ -163,18 +163,19 @@ def _dense(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None]:
     return w, np.broadcast_to(bias.reshape(-1), (w.shape[0],)).copy()
 
 
-def _write(node: ir.Node, w: np.ndarray, b: np.ndarray | None, writer: Writer) -> None:
+def write_layer(node: ir.Node, w: np.ndarray, b: np.ndarray | None, writer: Writer, suffix: str = "refit") -> None:
+    """Store W [outputs, fan_in] and b as `layer_weights` returns them, in the node's own layout."""
     old = const(node.inputs[1])
     if node.op_type == "Conv":
-        writer.put(node, 1, w.reshape(old.shape).astype(old.dtype), "refit")
+        writer.put(node, 1, w.reshape(old.shape).astype(old.dtype), suffix)
     elif node.op_type == "MatMul":
-        writer.put(node, 1, w.T.astype(old.dtype), "refit")
+        writer.put(node, 1, w.T.astype(old.dtype), suffix)
     else:
-        writer.put(node, 1, (w if node.attributes.get_int("transB", 0) else w.T).astype(old.dtype), "refit")
+        writer.put(node, 1, (w if node.attributes.get_int("transB", 0) else w.T).astype(old.dtype), suffix)
         writer.set_attribute(node, "alpha", 1.0)
         writer.set_attribute(node, "beta", 1.0)
     if b is not None:
-        writer.put(node, 2, b.astype(old.dtype), "refit")
+        writer.put(node, 2, b.astype(old.dtype), suffix)
 
 
 class LayerSystem:
@@ -182,7 +183,7 @@ class LayerSystem:
     its fan-in; `kept` selects the output channels to fit when the layer's own outputs were pruned."""
 
     def __init__(self, node: ir.Node, samples: int, kept: np.ndarray | None = None):
-        w, b = _dense(node)
+        w, b = layer_weights(node)
         self.node, self.kept, self.samples = node, kept, samples
         self.eq = NormalEquations.empty(w.shape[1], w.shape[0], intercept=b is not None)
         self.cap = max(_MIN_ROWS, _ROWS_PER_UNKNOWN * (w.shape[1] + 1))
@@ -206,16 +207,20 @@ def _pairs(current: onnx.ModelProto, original: onnx.ModelProto, node: ir.Node,
 
 
 def refit_layers(model: ir.Model, original: onnx.ModelProto, layers: list[tuple[ir.Node, np.ndarray | None]],
-                 data: Dataset, ridge: float, writer: Writer) -> list[dict]:
-    """Refit each (layer, kept output channels or None), in the given (graph) order; one record per layer."""
+                 data: Dataset, ridge: float, writer: Writer,
+                 masks: dict[ir.Node, np.ndarray] | None = None) -> list[dict]:
+    """Refit each (layer, kept output channels or None), in the given (graph) order; one record per layer.
+
+    A layer in `masks` keeps its weights where the mask (layout of `layer_weights`) is True and the rest exactly 0.
+    """
     records = []
     for node, kept in layers:
         system = LayerSystem(node, len(data), kept)
         for x, y in _pairs(ir.to_proto(RemoveUnusedNodesPass()(model).model), original, node, data):
             system.add(x, y)
-        w0, b0 = _dense(node)
-        w, b = solve(system.eq, ridge)
-        _write(node, w, b, writer)
+        w0, b0 = layer_weights(node)
+        w, b = solve(system.eq, ridge, (masks or {}).get(node))
+        write_layer(node, w, b, writer)
         records.append({"layer": node_name(node), "rows": system.eq.rows, "fan_in": w0.shape[1],
                         "fit_sqnr_db_before": round(system.eq.sqnr_db(w0, b0), 2),
                         "fit_sqnr_db_after": round(system.eq.sqnr_db(w, b), 2)})
