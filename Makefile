@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench bench-quantize clean
+.PHONY: demo test venv bench bench-quantize bench-prune clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(VENV)/.dev
 bench-quantize: $(VENV)/.dev
 	$(PIP) install -q scikit-image
 	$(PY) benchmarks/quantize_speed.py
+
+## bench-prune: FP32 vs pruned (with/without refit, distilled, + INT8), side by side
+bench-prune: $(VENV)/.dev
+	$(PY) benchmarks/prune_speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
