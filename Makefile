@@ -41,6 +41,7 @@ bench-quantize: $(VENV)/.dev
 
 ## bench-prune: FP32 vs pruned (with/without refit, distilled, + INT8), side by side
 bench-prune: $(VENV)/.dev
+	$(PIP) install -q scikit-image
 	$(PY) benchmarks/prune_speed.py
 
 clean:

@@ -98,6 +98,30 @@ def estimate_macs(
 
     Dynamic dims come from `input_shapes` where given, else 1 (the note names them).
     """
+    counts, note = _node_counts(model, input_shapes)
+    if any(value is None for _, value in counts):
+        return None, {}, note
+    by_op: Counter[str] = Counter()
+    for node, value in counts:
+        by_op[node.op_type] += value or 0
+    return sum(by_op.values()), dict(by_op.most_common()), note
+
+
+def node_macs(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
+) -> tuple[dict[str, int | None], str | None]:
+    """(MACs of each counted node, note), as `estimate_macs` counts them; None where shapes stay unknown.
+
+    Keyed by the node's first output: names may be missing, outputs are unique and survive constant folding.
+    """
+    counts, note = _node_counts(model, input_shapes)
+    return {node.output[0]: value for node, value in counts}, note
+
+
+def _node_counts(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None
+) -> tuple[list[tuple[onnx.NodeProto, int | None]], str | None]:
+    """(node, MACs) of every counted node, with a note on pinned dims, constant folding and unknown shapes."""
     copy, pinned = _pinned_copy(model, input_shapes or {})
     counts = _mac_counts(copy.graph, _infer_shapes(copy))
     notes = [f"dynamic dims set to 1 for the estimate: {', '.join(pinned)}"] if pinned else []
@@ -109,13 +133,7 @@ def estimate_macs(
     unknown = [node.name or node.op_type for node, value in counts if value is None]
     if unknown:
         notes.append(f"shapes unknown for {len(unknown)} op(s), e.g. {unknown[0]}")
-    note = "; ".join(notes) or None
-    if unknown:
-        return None, {}, note
-    by_op: Counter[str] = Counter()
-    for node, value in counts:
-        by_op[node.op_type] += value or 0
-    return sum(by_op.values()), dict(by_op.most_common()), note
+    return counts, "; ".join(notes) or None
 
 
 def _constant_folded(model: onnx.ModelProto, pins: dict[str, Shape | None]) -> onnx.ModelProto | None:

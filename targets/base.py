@@ -39,6 +39,29 @@ class LatencyStats:
         return asdict(self)
 
 
+@dataclass
+class KernelTiming:
+    """One kernel a runtime ran, timed by the runtime's own profiler over every profiled run."""
+
+    name: str  # the runtime's node name
+    op_type: str  # what the runtime ran: FusedConv, QLinearConv, QuickGelu...
+    times_ms: list[float]  # one per profiled run (0 where it did not run)
+    sources: list[int]  # indices of the input model's nodes it computes; empty for nodes the runtime inserted
+    bytes_moved: int | None = None  # inputs + weights + outputs, from the shapes the runtime reports
+    precision: str | None = None  # element type of its first input, as the runtime names it ("float", "uint8")
+
+
+@dataclass
+class KernelProfile:
+    """What a target's profiler measured: kernels, and the end-to-end latency they are shares of."""
+
+    kernels: list[KernelTiming]
+    latency: LatencyStats  # measured without the profiler, whose bookkeeping slows every kernel down
+    profiled_ms: list[float]  # end-to-end time of each profiled run
+    runtime: str  # e.g. "onnxruntime 1.22.0 CPU, graph optimization all"
+    notes: list[str] = field(default_factory=list)
+
+
 class Runner(Protocol):
     """Runs one artifact: the same interface for every runtime, so compare and bench work on all."""
 
@@ -93,6 +116,12 @@ class Target(ABC):
     def capabilities(self) -> dict[str, Any]:
         """Facts passes may use (int8 kernels, preferred layout, alignment multiple)."""
         return {}
+
+    def profile(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, threads: int | None = None,
+                warmup: int = 5, runs: int = 20) -> KernelProfile | None:
+        """Per-kernel times from the runtime's own profiler, mapped to `model`'s nodes (`accelopt profile`);
+        None when the target has no profiler."""
+        return None
 
 
 def run_all(runner: Runner, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from accelopt.converters.onnx_io import is_large, model_files, save_model
 from accelopt.errors import BadInputError, ConversionError, first_line
 from accelopt.targets import register_target
-from accelopt.targets.base import Artifact, Finding, LatencyStats, Target, TargetConfig, TensorSpec
+from accelopt.targets.base import Artifact, Finding, KernelProfile, LatencyStats, Target, TargetConfig, TensorSpec
 
 OPT_LEVELS = {"disabled", "basic", "extended", "all"}
 _ORT_LEVELS = {
@@ -34,6 +34,8 @@ RELEVANT_FLAGS = {"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_v
                   "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "asimdhp", "i8mm", "sve"}
 # Dot-product int8 instructions: without them ORT's QDQ int8 kernels rarely beat FP32.
 INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+# The graph ORT runs, written next to its profiler trace by an OrtRunner with a profile_dir.
+PROFILED_GRAPH = "optimized.onnx"
 
 
 def _session(model: onnx.ModelProto | str | Path, options: ort.SessionOptions) -> ort.InferenceSession:
@@ -92,7 +94,8 @@ class OrtRunner:
     """Runs a model with ORT on the CPU, sequentially, at a known thread count."""
 
     def __init__(self, model: onnx.ModelProto | str | Path, threads: int | None = None,
-                 optimization_level: str = "all"):
+                 optimization_level: str = "all", profile_dir: Path | None = None):
+        """`profile_dir`: record ORT's profiler trace and write the graph it runs there (see `end_profiling`)."""
         if optimization_level not in OPT_LEVELS:
             raise ValueError(f"optimization_level must be one of {sorted(OPT_LEVELS)}, got {optimization_level!r}")
         options = ort.SessionOptions()
@@ -100,6 +103,8 @@ class OrtRunner:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = _ORT_LEVELS[optimization_level]
+        if profile_dir is not None:
+            _record_profile(options, Path(profile_dir), isinstance(model, onnx.ModelProto) and is_large(model))
         self._session = _session(model, options)
         # ORT picks its own default when given 0; the report still needs a number next to latencies.
         self.threads = threads or os.cpu_count() or 1
@@ -116,6 +121,10 @@ class OrtRunner:
         except Exception as e:
             raise ConversionError(f"onnxruntime failed running the model: {first_line(e, 300)}") from e
         return dict(zip(self._names, values))
+
+    def end_profiling(self) -> Path:
+        """Stop ORT's profiler and return its JSON trace (in the `profile_dir` given, never the working directory)."""
+        return Path(self._session.end_profiling())
 
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
         """Latency per batch over `runs` timed runs after `warmup` untimed ones."""
@@ -144,6 +153,18 @@ class OrtRunner:
             throughput=batch / (median / 1000) if median > 0 else float("inf"),
             peak_memory_mb=max(peak - rss_before, 0) / 1024 if peak_reset and peak and rss_before else None,
         )
+
+
+def _record_profile(options: ort.SessionOptions, folder: Path, large: bool) -> None:
+    """Profile into `folder` (ORT's default is the working directory) and save the optimized graph the trace's
+    node names refer to, as PROFILED_GRAPH."""
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "ort-profile")
+    options.optimized_model_filepath = str(folder / PROFILED_GRAPH)
+    options.log_severity_level = 3  # saving at level "all" warns that NCHWc layouts are CPU-specific
+    if large:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         PROFILED_GRAPH + ".data")
 
 
 def _reset_peak_rss() -> bool:
@@ -231,6 +252,13 @@ class OnnxRuntimeTarget(Target):
     def runner(self, artifact: Artifact, threads: int | None = None) -> OrtRunner:
         return OrtRunner(artifact.path, threads=threads if threads is not None else self.config.threads,
                          optimization_level=self.config.graph_optimization_level)
+
+    def profile(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, threads: int | None = None,
+                warmup: int = 5, runs: int = 20) -> KernelProfile:
+        from accelopt.targets.onnxruntime_profile import profile_ort  # it builds on OrtRunner
+
+        return profile_ort(model, feeds, threads=threads if threads is not None else self.config.threads,
+                           warmup=warmup, runs=runs, optimization_level=self.config.graph_optimization_level)
 
     def capabilities(self) -> dict[str, Any]:
         flags = _cpu_flags()
