@@ -188,7 +188,7 @@ def _resolved_dims(spec: TensorSpec, pin: list[int] | None) -> list[int]:
             dims.append(pin[i])
         else:
             raise BadInputError(f"input {spec.name!r} dim {i} is dynamic ({dim!r}) in {_shape_str(spec.shape)}; "
-                                "pin it with input.shapes")
+                                "pin it with the recipe's input.shapes, or --shape NAME:D1,D2,... on the command line")
     return dims
 
 

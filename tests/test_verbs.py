@@ -63,6 +63,35 @@ def test_bench_batches_and_threads(cli, conv_bn_path):
     assert table.code == 0 and "median ms" in table.out
 
 
+def test_bench_batching_study_finds_the_knee_and_the_budget_batch(cli, conv_bn_path):
+    r = cli("bench", conv_bn_path, "--batch", "1-4", "--runs", "3", "--warmup", "1", "--latency-budget", "10s",
+            "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert [x["batch"] for x in d["results"]] == [1, 2, 4]
+    (advice,) = d["batching"]
+    assert advice["within_budget"] == 4 and advice["percentile"] == "p90" and advice["budget_ms"] == 10000
+    assert advice["knee_batch"] in (1, 2, 4)
+    text = cli("bench", conv_bn_path, "--batch", "1,2", "--runs", "2", "--warmup", "0", "--latency-budget", "10s")
+    assert text.code == 0 and "throughput knee at batch" in text.out and "p90 <= 10000 ms: batch 2" in text.out
+    missed = cli("bench", conv_bn_path, "--runs", "2", "--latency-budget", "0.000001ms")
+    assert missed.code == 1 and "no batch size meets p90" in missed.err
+    assert cli("bench", conv_bn_path, "--latency-budget", "fast").code == 2
+    assert cli("bench", conv_bn_path, "--percentile", "p50").code == 2
+
+
+def test_knee_is_the_smallest_batch_near_the_best_throughput():
+    from accelopt.batching import advise
+    from accelopt.targets.base import LatencyStats
+
+    def stats(batch: int, ms: float) -> LatencyStats:
+        return LatencyStats(batch, 1, 0, 1, ms, ms * 1.1, ms * 1.2, ms, ms, batch / ms * 1000)
+
+    (a,) = advise([stats(1, 1.0), stats(2, 1.2), stats(4, 2.0), stats(8, 3.8), stats(16, 7.4)], budget_ms=4.5)
+    # throughput 1000, 1667, 2000, 2105, 2162 samples/s: 90% of the best is 1946 -> batch 4
+    assert (a.knee_batch, a.best_batch, a.within_budget) == (4, 16, 8)  # p90 of batch 8 = 4.18 ms
+
+
 def test_bench_rejects_batch_on_static_model(cli, tmp_path):
     p = tmp_path / "static.onnx"
     onnx.save(models.conv_bn_model(dynamic_batch=False), str(p))
