@@ -203,7 +203,7 @@ def test_random_with_pins_and_integer_inputs():
 
 def test_random_without_pin_fails_for_inner_dynamic_dim():
     assert random_feeds([X], samples=2)["x"].shape == (2, 3)  # a dynamic batch alone needs no pin
-    with pytest.raises(BadInputError, match="'x' dim 1 is dynamic.*pin it with input.shapes"):
+    with pytest.raises(BadInputError, match="'x' dim 1 is dynamic.*pin it with the recipe's input.shapes, or --shape"):
         random_feeds([TensorSpec("x", ["batch", "seq"], np.dtype(np.float32))], samples=2)
     with pytest.raises(BadInputError, match="rank 2"):
         random_feeds([X], samples=2, input_shapes={"x": [1, 3, 3]})
