@@ -96,6 +96,40 @@ def step_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+WATERFALL = [("step", "step"), ("latency_ms", "latency ms"), ("delta_ms", "Δ ms"), ("factor", "step x"),
+             ("speedup", "total x"), ("quality", "accuracy"), ("delta_quality", "Δ accuracy"), ("bar", "latency")]
+
+
+def waterfall_rows(report: dict[str, Any], width: int = 24) -> list[dict[str, str]]:
+    """Each step's latency and quality next to the step before it: what every step adds on top of the ones
+    before, so interactions (INT8 gaining less after pruning than alone) show. Quality is task accuracy when
+    the data have labels, else the worst cosine against the input. Empty when latency was not measured."""
+    ref_ms = (report["reference"].get("latency") or {}).get("median_ms")
+    if not ref_ms or not report["steps"]:
+        return []
+    use_accuracy = report["reference"].get("accuracy") is not None
+    points = [("input", ref_ms, report["reference"].get("accuracy") if use_accuracy else 1.0)]
+    for s in report["steps"]:
+        ms = (s.get("latency") or {}).get("median_ms")
+        points.append((s["name"], ms, s.get("accuracy") if use_accuracy else (s.get("worst") or {}).get("cosine")))
+    rows, prev_ms, prev_q = [], None, None
+    for name, ms, q in points:
+        rows.append({
+            "step": name, "latency_ms": fmt(ms, ".3f"),
+            "delta_ms": "-" if ms is None or prev_ms is None else f"{ms - prev_ms:+.3f}",
+            "factor": "-" if ms is None or prev_ms is None else f"{prev_ms / ms:.2f}x",
+            "speedup": "-" if ms is None else f"{ref_ms / ms:.2f}x",
+            "quality": (_pct(q) if use_accuracy else fmt(q, ".6f")),
+            "delta_quality": "-" if q is None or prev_q is None else
+            (f"{100 * (q - prev_q):+.2f} pt" if use_accuracy else f"{q - prev_q:+.6f}"),
+            "bar": "-" if ms is None else "#" * max(1, round(width * ms / max(ref_ms, *(m for _, m, _ in points if m)))),
+        })
+        prev_ms, prev_q = (ms if ms is not None else prev_ms), (q if q is not None else prev_q)
+    if not use_accuracy:
+        rows[0]["quality"] = "1 (cosine)"
+    return rows
+
+
 def step_notes(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(step, note) in step order; a note that already names its step is not prefixed twice."""
     return [(s["name"], n.removeprefix(f"{s['name']}: ")) for s in report["steps"] for n in s.get("notes", [])]
@@ -131,6 +165,12 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in step_rows(report):
         lines.append("| " + " | ".join(r[k] for k, _ in COLUMNS) + " |")
+    waterfall = waterfall_rows(report)
+    if waterfall:
+        lines += ["", "## Waterfall", "", "Each step against the one before it (latency measured side by side).", "",
+                  "| " + " | ".join(h for _, h in WATERFALL) + " |", "|" + "---|" * len(WATERFALL)]
+        lines += ["| " + " | ".join(f"`{r[k]}`" if k == "bar" else r[k] for k, _ in WATERFALL) + " |"
+                  for r in waterfall]
     if report["gates"]:
         lines += ["", "## Gates", "", "| gate | threshold | value | result |", "|---|---|---|---|"]
         for g in report["gates"]:

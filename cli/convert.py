@@ -12,7 +12,7 @@ from accelopt import pipeline
 from accelopt.cli.console import err, out, print_json, table, verdict, warn
 from accelopt.errors import EXIT_GATE_FAILED
 from accelopt.recipes.schema import dump_yaml, load_recipe
-from accelopt.report import COLUMNS, fmt, step_notes, step_rows
+from accelopt.report import COLUMNS, WATERFALL, fmt, step_notes, step_rows, waterfall_rows
 
 
 def convert(
@@ -73,6 +73,10 @@ def render(report: dict[str, Any], output: Path) -> None:
     if lat:
         out.print(f"latency: batch {lat['batch']}, {lat['threads']} thread(s), median of {lat['runs']} runs, "
                   "input and output timed side by side")
+    waterfall = waterfall_rows(report)
+    if len(waterfall) > 2:  # with one step the step table already says it all
+        out.print(table("waterfall: each step against the one before", [h for _, h in WATERFALL],
+                        ([r[k] for k, _ in WATERFALL] for r in waterfall), numeric={1, 2, 3, 4, 5, 6}))
     if report["gates"]:
         out.print(table("gates", ["gate", "threshold", "value", "result"],
                         ([g["name"], g["threshold"], fmt(g["value"]),

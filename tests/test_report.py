@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accelopt.recipes.schema import Gates
-from accelopt.report import GATES, evaluate_gates, render_junit
+from accelopt.report import GATES, evaluate_gates, render_junit, waterfall_rows
 
 FINAL = {"worst": {"cosine": 0.9995, "sqnr_db": 31.0, "top1_agreement": 0.96}, "accuracy_drop": 0.004, "speedup": 1.3,
          "size_bytes": 2_500_000}
@@ -39,3 +39,23 @@ def test_junit_counts_failures():
               "gates": evaluate_gates(Gates(min_speedup=2.0, max_size_mb=3.0), {"final": FINAL})}
     xml = render_junit(report)
     assert 'tests="3" failures="1"' in xml and 'name="gate.min_speedup"' in xml
+
+
+def _report(accuracy: bool) -> dict:
+    """The parts of a report the waterfall reads: input, then prune and quantize."""
+    acc = (lambda v: v) if accuracy else (lambda v: None)
+    return {"reference": {"latency": {"median_ms": 10.0}, "accuracy": acc(0.99)},
+            "steps": [{"name": "prune", "latency": {"median_ms": 5.0}, "accuracy": acc(0.985), "worst": {"cosine": 0.99}},
+                      {"name": "quantize", "latency": {"median_ms": 4.0}, "accuracy": acc(0.98),
+                       "worst": {"cosine": 0.97}}]}
+
+
+def test_waterfall_shows_each_step_against_the_one_before():
+    rows = waterfall_rows(_report(accuracy=True))
+    assert [r["step"] for r in rows] == ["input", "prune", "quantize"]
+    assert [r["factor"] for r in rows] == ["-", "2.00x", "1.25x"]  # INT8 adds 1.25x on top of pruning
+    assert [r["speedup"] for r in rows] == ["1.00x", "2.00x", "2.50x"]
+    assert [r["delta_quality"] for r in rows] == ["-", "-0.50 pt", "-0.50 pt"]
+    cosine = waterfall_rows(_report(accuracy=False))
+    assert cosine[2]["quality"] == "0.970000" and cosine[2]["delta_quality"] == "-0.020000"
+    assert waterfall_rows({"reference": {"latency": None}, "steps": []}) == []
