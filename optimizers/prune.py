@@ -34,12 +34,12 @@ from accelopt.analysis import estimate_macs
 from accelopt.data import Dataset
 from accelopt.errors import BadInputError, RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
+from accelopt.optimizers.pruning.activations import MIN_SAMPLES, calibration_for
 from accelopt.optimizers.pruning.criteria import activation_scores, reconstruction_scores, weight_scores
 from accelopt.optimizers.pruning.groups import Group, boundary_layers, find_groups, infer_shapes, node_name
 from accelopt.optimizers.pruning.refit import refit_layers
 from accelopt.optimizers.pruning.rewrite import Writer, slice_groups
 
-_MIN_SAMPLES = 8  # below this a refit or an activation ranking fits noise
 _EPS = 1e-9
 _DATA_CRITERIA = frozenset({"activation", "reconstruction"})
 
@@ -63,25 +63,13 @@ class PruneConfig(PassConfig):
     refit: bool = Field(True, description="least-squares refit of the layers reading pruned channels, on calibration "
                                           "data (training-free accuracy recovery)")
     ridge: float = Field(1e-3, ge=0, description="refit ridge, relative to the mean input energy of each layer")
-    samples: int = Field(128, ge=_MIN_SAMPLES, description="use at most this many calibration samples")
+    samples: int = Field(128, ge=MIN_SAMPLES, description="use at most this many calibration samples")
 
 
 def _calibration(config: PruneConfig, ctx: PassContext) -> Dataset | None:
-    """The calibration samples when the config needs them; refused when missing or too few."""
     needs = (["refit"] if config.refit else []) + \
         ([f"criterion {config.criterion}"] if config.criterion in _DATA_CRITERIA else [])
-    if not needs:
-        return None
-    if ctx.calibration is None:
-        raise RecipeError(f"prune: {' and '.join(needs)} need calibration data: declare data.calibration in the "
-                          "recipe (or pass --data), or set refit: false and criterion: l1 or l2")
-    data = ctx.calibration.take(config.samples)
-    if len(data) < _MIN_SAMPLES:
-        raise BadInputError(f"prune: {len(data)} calibration sample(s) are too few for {' and '.join(needs)} (at "
-                            f"least {_MIN_SAMPLES}, better 100+); add samples to data.calibration or set refit: false")
-    if data.random:
-        ctx.log("WARNING: prune: the calibration data is random; a refit fitted on it will not hold on real inputs")
-    return data
+    return calibration_for("prune", needs, ctx, config.samples, "set refit: false and criterion: l1 or l2")
 
 
 def _protect(groups: list[Group], graph: ir.Graph, config: PruneConfig) -> None:

@@ -42,12 +42,12 @@ from pydantic import Field, model_validator
 from accelopt.data import Dataset
 from accelopt.errors import BadInputError, RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
+from accelopt.optimizers.pruning.activations import MIN_SAMPLES, calibration_for
 from accelopt.optimizers.pruning.groups import const, node_name
 from accelopt.optimizers.pruning.masks import mask_2of4, mask_magnitude
 from accelopt.optimizers.pruning.refit import layer_weights, refit_layers, write_layer
 from accelopt.optimizers.pruning.rewrite import Writer
 
-_MIN_SAMPLES = 8  # below this a refit fits noise
 _INDEX_BYTES = 8  # ONNX sparse tensors index with int64
 SPEED_NOTE = ("CPU runtimes here (ONNX Runtime CPU EP) gain no speed from sparsity (measured: dense vs 2:4 vs 90% "
               "unstructured within noise); 2:4 speed is a TensorRT feature on Ampere or newer GPUs "
@@ -63,7 +63,7 @@ class SparsifyConfig(PassConfig):
     refit: bool = Field(True, description="masked least-squares refit of each sparsified layer on calibration data, "
                                           "in graph order (training-free accuracy recovery)")
     ridge: float = Field(1e-3, ge=0, description="refit ridge, relative to the mean input energy of each layer")
-    samples: int = Field(128, ge=_MIN_SAMPLES, description="use at most this many calibration samples")
+    samples: int = Field(128, ge=MIN_SAMPLES, description="use at most this many calibration samples")
     op_types: list[Literal["Conv", "Gemm", "MatMul"]] = Field(
         ["Conv", "Gemm", "MatMul"], min_length=1, description="layer types to sparsify (constant weights only)")
     exclude_nodes: list[str] = Field(default_factory=list, description="node names that stay dense")
@@ -122,19 +122,8 @@ def _select(graph: ir.Graph, config: SparsifyConfig) -> tuple[list[ir.Node], lis
 
 
 def _calibration(config: SparsifyConfig, ctx: PassContext) -> Dataset | None:
-    """The refit's samples; refused when missing or too few."""
-    if not config.refit:
-        return None
-    if ctx.calibration is None:
-        raise RecipeError("sparsify: refit needs calibration data: declare data.calibration in the recipe (or pass "
-                          "--data), or set refit: false (plain masks lose far more accuracy)")
-    data = ctx.calibration.take(config.samples)
-    if len(data) < _MIN_SAMPLES:
-        raise BadInputError(f"sparsify: {len(data)} calibration sample(s) are too few for the refit (at least "
-                            f"{_MIN_SAMPLES}, better 100+); add samples to data.calibration or set refit: false")
-    if data.random:
-        ctx.log("WARNING: sparsify: the calibration data is random; a refit fitted on it will not hold on real inputs")
-    return data
+    return calibration_for("sparsify", ["refit"] if config.refit else [], ctx, config.samples,
+                           "set refit: false (plain masks lose far more accuracy)")
 
 
 def _mask(node: ir.Node, w: np.ndarray, config: SparsifyConfig) -> np.ndarray:

@@ -287,7 +287,7 @@ def test_calibration_data_is_required_for_refit_and_data_criteria(tmp_path):
     model = models.conv_stack(layers=2)
     with pytest.raises(RecipeError, match="refit and criterion reconstruction need calibration data.*refit: false"):
         prune(model, tmp_path)
-    with pytest.raises(RecipeError, match="criterion activation need calibration data"):
+    with pytest.raises(RecipeError, match="criterion activation needs calibration data"):
         prune(model, tmp_path, refit=False, criterion="activation")
     with pytest.raises(BadInputError, match="4 calibration sample.*too few"):
         prune(model, tmp_path, samples(4, 3, 16, 16))

@@ -15,10 +15,32 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from accelopt.data import Dataset
+from accelopt.errors import BadInputError, RecipeError
+from accelopt.optimizers.base import PassContext
 from accelopt.targets.base import run_all
 from accelopt.targets.onnxruntime import OrtRunner
 
 BATCH = 16  # samples per ORT call
+MIN_SAMPLES = 8  # below this a refit or an activation ranking fits noise
+
+
+def calibration_for(step: str, needs: list[str], ctx: PassContext, samples: int, instead: str) -> Dataset | None:
+    """The calibration samples that `needs` (what asks for them: "refit", "criterion activation"...) call for;
+    None when nothing does. Refused when missing or too few, flagged when random; `instead` says how to do
+    without them."""
+    if not needs:
+        return None
+    what = " and ".join(needs)
+    if ctx.calibration is None:
+        raise RecipeError(f"{step}: {what} need{'s' if len(needs) == 1 else ''} calibration data: declare "
+                          f"data.calibration in the recipe (or pass --data), or {instead}")
+    data = ctx.calibration.take(samples)
+    if len(data) < MIN_SAMPLES:
+        raise BadInputError(f"{step}: {len(data)} calibration sample(s) are too few for {what} (at least "
+                            f"{MIN_SAMPLES}, better 100+); add samples to data.calibration or {instead}")
+    if data.random:
+        ctx.log(f"WARNING: {step}: the calibration data is random; a fit on it will not hold on real inputs")
+    return data
 
 
 def _exposing(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
