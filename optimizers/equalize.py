@@ -32,6 +32,7 @@ from pydantic import Field
 from accelopt.errors import RecipeError
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
 from accelopt.optimizers.fuse import ORT_FUSED
+from accelopt.optimizers.initializers import InitializerWriter
 from accelopt.targets.base import run_all
 from accelopt.targets.onnxruntime import OrtRunner
 
@@ -335,27 +336,8 @@ def _output_shift(layer: _Layer, mean: np.ndarray) -> np.ndarray | None:
 # --- writing back ----------------------------------------------------------------------------------------------
 
 
-class _Writer:
-    """Puts new arrays into the graph as fresh initializers (a weight may be shared with untouched nodes)."""
-
-    def __init__(self, graph: ir.Graph):
-        self.graph = graph
-        self.taken = ({v.name for v in graph.initializers.values()} | {v.name for v in graph.inputs}
-                      | {v.name for n in graph for v in n.outputs})
-
-    def name(self, base: str) -> str:
-        """`base`, or `base` with underscores appended until no value in the graph has that name."""
-        name = base
-        while name in self.taken:
-            name += "_"
-        self.taken.add(name)
-        return name
-
-    def value(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self.name(base)
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        self.graph.register_initializer(value)
-        return value
+class _Writer(InitializerWriter):
+    """Writes rescaled weights and biases as fresh initializers."""
 
     def weight(self, layer: _Layer) -> None:
         node = layer.node

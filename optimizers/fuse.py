@@ -23,6 +23,7 @@ from pydantic import Field
 
 from accelopt.errors import ConversionError, first_line
 from accelopt.optimizers.base import Pass, PassConfig, PassContext, register
+from accelopt.optimizers.initializers import InitializerWriter
 
 _ORT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -98,17 +99,7 @@ def _folded_bias(node: ir.Node, scale: np.ndarray, shift: np.ndarray) -> np.ndar
     return bias * scale + shift
 
 
-def _new_initializer(graph: ir.Graph, base: str, array: np.ndarray, taken: set[str]) -> ir.Value:
-    name = base
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
-
-
-def _fold_one(graph: ir.Graph, bn: ir.Node, taken: set[str]) -> bool:
+def _fold_one(graph: ir.Graph, bn: ir.Node, writer: InitializerWriter) -> bool:
     x = bn.inputs[0]
     node = x.producer() if x is not None else None
     if node is None or node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
@@ -124,10 +115,10 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, taken: set[str]) -> bool:
     if new_b is None:
         return False
     new_w = _scaled_weight(node, w.astype(np.float64), params[0])
-    node.replace_input_with(1, _new_initializer(graph, f"{node.inputs[1].name}_bnfold", new_w.astype(w.dtype), taken))
+    node.replace_input_with(1, writer.value(f"{node.inputs[1].name}_bnfold", new_w.astype(w.dtype)))
     if len(node.inputs) < 3:
         node.resize_inputs(3)
-    node.replace_input_with(2, _new_initializer(graph, f"{bn.name or x.name}_bias", new_b.astype(w.dtype), taken))
+    node.replace_input_with(2, writer.value(f"{bn.name or x.name}_bias", new_b.astype(w.dtype)))
     if node.op_type == "Gemm":
         node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     y = bn.outputs[0]
@@ -142,9 +133,8 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, taken: set[str]) -> bool:
 def fold_conv_bn(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Fold each inference BN whose input comes only from a Conv/ConvTranspose/Gemm with constant weights."""
     m = ir.from_proto(model)
-    taken = ({v.name for v in m.graph.initializers.values()} | {v.name for v in m.graph.inputs}
-             | {v.name for n in m.graph for v in n.outputs})
-    folded = sum(_fold_one(m.graph, bn, taken) for bn in list(m.graph)
+    writer = InitializerWriter(m.graph)
+    folded = sum(_fold_one(m.graph, bn, writer) for bn in list(m.graph)
                  if bn.op_type == "BatchNormalization" and bn.domain in ("", "ai.onnx"))
     if not folded:
         return model, 0

@@ -9,33 +9,12 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from accelopt.optimizers.initializers import InitializerWriter
 from accelopt.optimizers.pruning.groups import Group, const
 
 
-class Writer:
+class Writer(InitializerWriter):
     """Puts new constants and attributes into an onnx_ir graph."""
-
-    def __init__(self, graph: ir.Graph):
-        self.graph = graph
-        self.taken = ({str(v.name) for v in graph.initializers.values()} | {str(v.name) for v in graph.inputs}
-                      | {str(v.name) for n in graph for v in n.outputs})
-
-    def _name(self, base: str) -> str:
-        name = base
-        while name in self.taken:
-            name += "_"
-        self.taken.add(name)
-        return name
-
-    def put(self, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
-        """Make `array` the node's input `index` (added when the optional input is missing)."""
-        old = node.inputs[index] if len(node.inputs) > index else None
-        name = self._name(f"{old.name if old is not None else node.name or node.op_type}_{suffix}")
-        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-        self.graph.register_initializer(value)
-        if len(node.inputs) <= index:
-            node.resize_inputs(index + 1)
-        node.replace_input_with(index, value)
 
     @staticmethod
     def set_attribute(node: ir.Node, name: str, value: int | float) -> None:
