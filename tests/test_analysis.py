@@ -31,7 +31,8 @@ def _conv_gemm_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
         weights,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test",
+                             ir_version=models.IR_VERSION)
 
 
 CONV_MACS = 4 * 8 * 8 * 3 * 3 * 3  # N*Cout*H*W * Cin*kh*kw
@@ -83,7 +84,7 @@ def _matmul_model(a_shape, b_shape, out_shape) -> onnx.ModelProto:
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=models.IR_VERSION)
 
 
 def test_matmul_with_batch_dims():
@@ -105,8 +106,8 @@ def test_model_ort_cannot_load():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)]
-    )
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)],
+        ir_version=models.IR_VERSION)
     s = summarize(model)
     assert not s.ort_loads
     assert "Mystery" in s.ort_error and "\n" not in s.ort_error
@@ -128,8 +129,8 @@ def test_ort_symbolic_inference_fills_what_onnx_cannot():
         [numpy_helper.from_array(np.ones((8, 4), np.float32), "W")],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=models.IR_VERSION)
     assert estimate_macs(model, {"x": [3, 8]}) == (3 * 8 * 4, {"MatMul": 96}, None)
 
 
@@ -178,7 +179,8 @@ def test_failed_symbolic_inference_leaves_no_files_in_the_working_directory(tmp_
         [helper.make_node("Mystery", ["x"], ["y"], domain="acme.ops")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme.ops", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme.ops", 1)],
+                              ir_version=models.IR_VERSION)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Exception):
         symbolic_shape_inference(model)

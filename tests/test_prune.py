@@ -245,7 +245,7 @@ def test_conv_rows_reproduce_the_convolution(attrs):
     graph = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)], ir_version=models.IR_VERSION)
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     y = run(model, x)
     a, t = conv_rows(next(iter(ir.from_proto(model).graph)), x, y, np.arange(y.size // y.shape[1]))

@@ -180,7 +180,7 @@ def _branchy_model(name_nodes: bool = True) -> onnx.ModelProto:
     nodes.insert(6, helper.make_node("Constant", [], ["k"], name="k_const", value=k))
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 2, 2]) for n in ("x", "x2", "y1", "y2")]
     model = helper.make_model(helper.make_graph(nodes, "branchy", io[:2], io[2:], initializer=[w]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=models.IR_VERSION)
     onnx.checker.check_model(model)
     return model
 
