@@ -9,6 +9,8 @@ import sys
 import typer
 
 from accelopt.cli import bench, compare, convert, inspect, recipes
+from accelopt.cli import sweep
+from accelopt.cli import profile
 from accelopt.errors import AccelError, EXIT_BAD_INPUT, EXIT_CONVERSION_FAILED, Interrupted, first_line
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ app.command("convert")(convert.convert)
 app.command("inspect")(inspect.inspect)
 app.command("compare")(compare.compare)
 app.command("bench")(bench.bench)
+app.command("sweep")(sweep.sweep)
+app.command("profile")(profile.profile)
 app.add_typer(recipes.app, name="recipes")
 
 

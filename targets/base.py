@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,21 @@ class LatencyStats:
     throughput: float  # samples per second at the median
     peak_memory_mb: float | None = None  # extra resident memory while running; None where unmeasurable
 
+    @classmethod
+    def from_times(cls, times_ms: list[float], *, batch: int, threads: int, warmup: int,
+                   peak_memory_mb: float | None = None) -> LatencyStats:
+        median = statistics.median(times_ms)
+        return cls(
+            batch=batch, threads=threads, warmup=warmup, runs=len(times_ms),
+            median_ms=median,
+            p90_ms=float(np.percentile(times_ms, 90)),
+            p99_ms=float(np.percentile(times_ms, 99)),
+            mean_ms=statistics.fmean(times_ms),
+            min_ms=min(times_ms),
+            throughput=batch / (median / 1000) if median > 0 else float("inf"),
+            peak_memory_mb=peak_memory_mb,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -56,8 +72,8 @@ class KernelProfile:
     """What a target's profiler measured: kernels, and the end-to-end latency they are shares of."""
 
     kernels: list[KernelTiming]
-    latency: LatencyStats  # measured without the profiler, whose bookkeeping slows every kernel down
-    profiled_ms: list[float]  # end-to-end time of each profiled run
+    latency: LatencyStats  # measured without the profiler (its bookkeeping slows every kernel), in turn with
+    profiled_ms: list[float]  # the profiled runs: the end-to-end time of each
     runtime: str  # e.g. "onnxruntime 1.22.0 CPU, graph optimization all"
     notes: list[str] = field(default_factory=list)
 

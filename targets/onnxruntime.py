@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -126,33 +125,30 @@ class OrtRunner:
         """Stop ORT's profiler and return its JSON trace (in the `profile_dir` given, never the working directory)."""
         return Path(self._session.end_profiling())
 
+    def timed(self, feeds: dict[str, np.ndarray]) -> float:
+        """One run; its wall time in ms."""
+        start = time.perf_counter()
+        self.run(feeds)
+        return (time.perf_counter() - start) * 1000
+
+    def batch_of(self, feeds: dict[str, np.ndarray]) -> int:
+        """The batch size these feeds make: dim 0 of the first input."""
+        first = feeds[self.inputs[0].name] if self.inputs else None
+        return int(first.shape[0]) if first is not None and first.ndim else 1
+
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
         """Latency per batch over `runs` timed runs after `warmup` untimed ones."""
         if runs < 1:
             raise ValueError(f"runs must be >= 1, got {runs}")
-        first = feeds[self.inputs[0].name] if self.inputs else None
-        batch = int(first.shape[0]) if first is not None and first.ndim else 1
         peak_reset = _reset_peak_rss()
         rss_before = _status_kb("VmRSS")
         for _ in range(warmup):
             self.run(feeds)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.run(feeds)
-            times.append((time.perf_counter() - start) * 1000)
+        times = [self.timed(feeds) for _ in range(runs)]
         peak = _status_kb("VmHWM")
-        median = statistics.median(times)
-        return LatencyStats(
-            batch=batch, threads=self.threads, warmup=warmup, runs=runs,
-            median_ms=median,
-            p90_ms=float(np.percentile(times, 90)),
-            p99_ms=float(np.percentile(times, 99)),
-            mean_ms=statistics.fmean(times),
-            min_ms=min(times),
-            throughput=batch / (median / 1000) if median > 0 else float("inf"),
-            peak_memory_mb=max(peak - rss_before, 0) / 1024 if peak_reset and peak and rss_before else None,
-        )
+        return LatencyStats.from_times(
+            times, batch=self.batch_of(feeds), threads=self.threads, warmup=warmup,
+            peak_memory_mb=max(peak - rss_before, 0) / 1024 if peak_reset and peak and rss_before else None)
 
 
 def _record_profile(options: ort.SessionOptions, folder: Path, large: bool) -> None:
