@@ -15,7 +15,7 @@ from accelopt.cli.options import SHAPE_HELP, feeds_for, parse_shapes
 from accelopt.converters.onnx_io import load_model
 from accelopt.errors import BadInputError
 from accelopt.latency import batch_feeds
-from accelopt.profiling import Profile, profile_model
+from accelopt.profiling.report import Profile, profile_model
 from accelopt.report import fmt
 from accelopt.targets import get_target
 from accelopt.targets.onnxruntime import OrtRunner

@@ -12,10 +12,10 @@ from rich.text import Text
 
 from accelopt.cli.console import err, out, print_json, table, warn
 from accelopt.errors import BadInputError, ConversionError, GateFailed
-from accelopt.frontier import parse_constraints
+from accelopt.sweeping.frontier import parse_constraints
 from accelopt.report import fmt
-from accelopt.sweep import SWEEP_DEFAULTS, SweepOptions, run_sweep
-from accelopt.sweep_variants import expand, parse_grid, parse_recipes
+from accelopt.sweeping.run import SWEEP_DEFAULTS, SweepOptions, run_sweep
+from accelopt.sweeping.variants import expand, parse_grid, parse_recipes
 
 
 def sweep(

@@ -12,7 +12,7 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
 from accelopt.errors import BadInputError
-from accelopt.profiling import profile_model
+from accelopt.profiling.report import profile_model
 from accelopt.targets.base import Target
 from tests import models
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from accelopt.errors import BadInputError, Interrupted
-from accelopt.frontier import Constraint, parse_constraints, pareto_flags, pick
-from accelopt.sweep_variants import parse_grid, split_top_level
+from accelopt.sweeping.frontier import Constraint, parse_constraints, pareto_flags, pick
+from accelopt.sweeping.variants import parse_grid, split_top_level
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 QUICK = ["--set", "validation.runs=3", "--set", "validation.warmup=1"]
@@ -109,7 +109,7 @@ def test_grid_sweep_on_digits_and_nothing_meets_pick(cli, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_variants(cli, conv_bn_path, tmp_path, monkeypatch):
-    from accelopt import sweep_build
+    from accelopt.sweeping import build as sweep_build
 
     real_run, calls = sweep_build.pipeline.run, []
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from accelopt import pipeline
 from accelopt.errors import Interrupted, first_line
-from accelopt.sweep_variants import VariantSpec
+from accelopt.sweeping.variants import VariantSpec
 
 
 @dataclass

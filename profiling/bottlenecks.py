@@ -1,7 +1,7 @@
 """The bottleneck table of `accelopt profile`: which recipe step addresses the time a profile found.
 
 The rules are data: each names the kernels it is about (by the op they run, the input-model ops they compute,
-and tags profiling.py sets), the share of the measured latency above which it is worth a line, and the step to
+and tags profiling/report.py sets), the share of the measured latency above which it is worth a line, and the step to
 try. A kernel can match several rules (a 3x3 FP32 conv is both a quantization and a Winograd candidate), so
 bottleneck shares overlap and do not add up to 100%.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from accelopt.profiling import NodeRow
+    from accelopt.profiling.report import NodeRow
 
 _ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Neg", "Abs", "Max", "Min", "Where", "Relu", "LeakyRelu", "Clip",

@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 
 from accelopt.analysis import node_macs
-from accelopt.bottlenecks import Bottleneck, find_bottlenecks
 from accelopt.errors import BadInputError
-from accelopt.targets.base import KernelProfile, KernelTiming, Target
+from accelopt.profiling.bottlenecks import Bottleneck, find_bottlenecks
+from accelopt.targets.base import KernelTiming, Target
 
 PROFILE_SCHEMA = "accelopt.profile/1"
 # Input-model ops a kernel absorbs that are not worth naming among its parts.

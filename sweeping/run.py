@@ -1,6 +1,6 @@
 """The sweep: build every variant, time all artifacts side by side, mark the Pareto frontier, pick.
 
-Builds may run in parallel (sweep_build); timing never does: once every build has finished, the input
+Builds may run in parallel (sweeping/build.py); timing never does: once every build has finished, the input
 model and every artifact are loaded in this one process and timed in interleaved rounds on the same
 data and threads, so the ratios in the table are comparable. sweep.json (schema `accelopt.sweep/1`)
 is rewritten atomically after every variant: Ctrl-C or a crash leaves every finished result on disk.
@@ -20,13 +20,13 @@ from typing import Any, Callable
 from accelopt import pipeline
 from accelopt.converters.onnx_io import sha256_file
 from accelopt.errors import AccelError, BadInputError, Interrupted
-from accelopt.frontier import Constraint, Pick, pareto_flags, pick
+from accelopt.sweeping.frontier import Constraint, Pick, pareto_flags, pick
 from accelopt.latency import batch_feeds, side_by_side, speedup
 from accelopt.recipes.schema import Gates
 from accelopt.report import evaluate_gates
-from accelopt.sweep_build import VariantResult, build_all
-from accelopt.sweep_chart import write_pareto_png
-from accelopt.sweep_variants import VariantSpec
+from accelopt.sweeping.build import VariantResult, build_all
+from accelopt.sweeping.chart import write_pareto_png
+from accelopt.sweeping.variants import VariantSpec
 from accelopt.targets import get_target
 from accelopt.targets.base import Artifact, LatencyStats, Runner
 from accelopt.targets.onnxruntime import OrtRunner
