@@ -6,15 +6,22 @@ is shown as a traceback only with `--debug`.
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONVERSION_FAILED = 3
 
 
+# C++ libraries (ONNX Runtime) put a source location and a function signature before the message, which can
+# fill the whole line: "/onnxruntime_src/.../model.cc:192 onnxruntime::Model::Model(onnx::ModelProto&&, ...) Unsupported"
+_CPP_WHERE = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+ (?:[\w:~<>]+\((?:[^()]|\([^()]*\))*\)(?: const)? )?")
+
+
 def first_line(error: BaseException, limit: int = 200, with_type: bool = False) -> str:
     """An exception's message cut to one line: library errors can span pages, ours must not."""
-    text = str(error).strip()
+    text = _CPP_WHERE.sub("", str(error)).strip()
     line = text.splitlines()[0][:limit] if text else type(error).__name__
     return f"{type(error).__name__}: {line}" if with_type and text else line
 

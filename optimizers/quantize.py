@@ -37,7 +37,8 @@ from accelopt.optimizers.quantization.accuracy import make_scorer, quantizer_gro
 from accelopt.optimizers.quantization.calibration import calibrate, calibration_options, range_mismatches, static_batch
 from accelopt.optimizers.quantization.config import QuantizeConfig
 from accelopt.optimizers.quantization.fallback import accuracy_fallback
-from accelopt.optimizers.quantization.prepare import calibration_set, name_nodes, pre_process, refuse_quantized
+from accelopt.optimizers.quantization.prepare import (calibration_set, name_nodes, per_channel_ready, pre_process,
+                                                       refuse_quantized)
 from accelopt.optimizers.quantization.quantizers import (Job, dynamic_quantizer, quantized_nodes,
                                                           resolve_exclusions, static_quantizer,
                                                           weight_only_quantizer)
@@ -59,6 +60,8 @@ class Quantize(Pass):
     def apply(self, model: onnx.ModelProto, config: QuantizeConfig, ctx: PassContext) -> onnx.ModelProto:
         refuse_quantized(model)
         settings = resolve_settings(config, ctx)
+        if config.mode == "static":
+            model, settings = per_channel_ready(model, settings, ctx)
         self._decide_settings(config, settings, ctx)
         self._note_int8_kernels(config, settings, ctx)
         job = self._prepare(model, config, settings, ctx)

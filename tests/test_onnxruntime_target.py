@@ -193,3 +193,12 @@ def test_capabilities_report_cpu_facts(monkeypatch):
     assert caps == {"int8": True, "layout": "NCHW", "alignment": 1, "cpu_flags": ["avx2", "avx512_vnni"]}
     monkeypatch.setattr(ort_target, "_cpu_flags", lambda: {"avx2"})
     assert OnnxRuntimeTarget().capabilities()["int8"] is False
+
+
+def test_one_line_errors_drop_cpp_source_locations():
+    """ORT's C++ location and signature used to fill the whole line and hide the reason."""
+    from accelopt.errors import first_line
+    e = RuntimeError("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:192 "
+                     "onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&, "
+                     "const onnxruntime::ModelOptions&) Unsupported model IR version: 14, max supported IR version: 13")
+    assert first_line(e) == "[ONNXRuntimeError] : 1 : FAIL : Unsupported model IR version: 14, max supported IR version: 13"

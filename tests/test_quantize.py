@@ -351,6 +351,17 @@ def test_static_quantize_after_ort_fusion_types_the_tensors_behind_contrib_ops(t
     assert any("fused layer(s)" in note and "stay float" in note for note in ctx.notes)
 
 
+def test_an_old_opset_model_is_converted_for_per_channel_weights(tmp_path):
+    """PP-OCR's classifier is opset 10: ORT's quantizer wrote DequantizeLinear with `axis` anyway and the model did
+    not load. The step converts it to opset 13 first."""
+    model = models.conv_stack()
+    model.opset_import[0].version = 11
+    out, ctx = quantize(model, tmp_path, {"speed_guard": False}, calibration=data((3, 16, 16)))
+    assert ctx.decisions["opset"]["from"] == 11 and ctx.decisions["per_channel"] is True
+    assert any(a.name == "axis" for n in out.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+    assert metrics(model, out, data((3, 16, 16), seed=1))["y"].sqnr_db > 20
+
+
 def test_accuracy_metric_needs_labels(tmp_path):
     with pytest.raises(RecipeError, match="needs labels"):
         quantize(models.conv_stack(), tmp_path, {"accuracy": {"metric": "accuracy", "max_drop": 0.01}},

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import version_converter
 from onnxruntime.quantization import quant_pre_process
 
 from accelopt.converters.onnx_io import is_large, save_model
@@ -25,6 +27,7 @@ QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantiz
                            "QGemm", "QAttention", "QOrderedMatMul"})
 CONVERTERS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 MIN_SAMPLES = 8
+PER_CHANNEL_OPSET = 13
 
 
 def quant_ops(model: onnx.ModelProto) -> Counter:
@@ -89,6 +92,26 @@ def pre_process(model: onnx.ModelProto, ctx: PassContext) -> Path:
     # Contrib ops (after `fuse`) stop ONNX shape inference; without types downstream, the calibrator skips
     # those tensors and quantize_static fails on the first bias it cannot scale.
     return save_model(with_runtime_types(name_nodes(onnx.load(str(dst)))), dst)
+
+
+def per_channel_ready(model: onnx.ModelProto, settings: Settings,
+                      ctx: PassContext) -> tuple[onnx.ModelProto, Settings]:
+    """Per-channel Q/DQ needs DequantizeLinear's `axis` attribute (opset 13); ORT's quantizer writes it anyway and
+    the result does not load (PP-OCR's opset-10 classifier). Older models are converted with the ONNX version
+    converter, or quantized per tensor, said so, when it cannot convert them."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if not settings.per_channel or opset >= PER_CHANNEL_OPSET:
+        return model, settings
+    try:
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as e:  # the converter raises plain RuntimeErrors from C++, and checker errors
+        ctx.log(f"quantize: per-channel weights need opset {PER_CHANNEL_OPSET}, the model is opset {opset} and the "
+                f"ONNX version converter failed ({first_line(e, 200)}); weights are quantized per tensor")
+        return model, replace(settings, per_channel=False)
+    ctx.log(f"quantize: converted the model from opset {opset} to {PER_CHANNEL_OPSET} for per-channel weights")
+    ctx.decide("opset", {"from": opset, "to": PER_CHANNEL_OPSET, "why": "per-channel DequantizeLinear axis"})
+    return converted, settings
 
 
 def has_external_data(path: Path) -> bool:
