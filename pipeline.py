@@ -88,7 +88,7 @@ def _emit(opts: RunOptions, kind: str, **info: Any) -> None:
         opts.on_event(kind, info)
 
 
-def _load_data(recipe: Recipe, opts: RunOptions, runner: OrtRunner,
+def load_data(recipe: Recipe, opts: RunOptions, runner: OrtRunner,
                warn: Callable[[str], None]) -> tuple[Dataset, Dataset | None]:
     """Evaluation and calibration data: `--data` wins over the recipe; random only as a last resort."""
     shapes = recipe.input.shapes
@@ -141,7 +141,7 @@ def _numerics(runner, recipe: Recipe, ref: Reference, probe: Dataset, precision:
     }
 
 
-def _latency_batch(runners: list[Any], wanted: int, warn: Callable[[str], None]) -> int | None:
+def latency_batch(runners: list[Any], wanted: int, warn: Callable[[str], None]) -> int | None:
     """One batch size for every model timed side by side. A model with a static batch (pinned by
     input.shapes or fix-shapes) decides it; models that disagree cannot be compared (None)."""
     static = {r.inputs[0].shape[0] for r in runners
@@ -163,7 +163,7 @@ def _measure_latency(runners: list[tuple[dict[str, Any], Any]], ref: Reference, 
     if not v.latency:
         return None
     named = {"input": ref.runner, **{str(i): r for i, (_, r) in enumerate(runners)}}
-    batch = _latency_batch(list(named.values()), v.batch, warn)
+    batch = latency_batch(list(named.values()), v.batch, warn)
     if batch is None:
         return None
     stats = side_by_side(named, batch_feeds(probe.feeds, batch), warmup=v.warmup, runs=v.runs)
@@ -236,7 +236,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         ref_runner = OrtRunner(model, threads=recipe.validation.threads)
     except ConversionError as e:
         raise BadInputError(f"{model_path}: onnxruntime cannot load the input model ({e})") from e
-    evaluation, calibration = _load_data(recipe, opts, ref_runner, warn)
+    evaluation, calibration = load_data(recipe, opts, ref_runner, warn)
     probe = evaluation.take(min(recipe.validation.samples, len(evaluation)))
     summary = summarize(model, str(model_path), recipe.input.shapes or _sample_shapes(probe))
     _emit(opts, "stage", name="reference")

@@ -178,14 +178,14 @@ def _time_side_by_side(opts: SweepOptions, first: VariantSpec, specs: dict[str, 
     recipe = first.resolve()
     v = recipe.validation
     ref = OrtRunner(opts.model, threads=v.threads)
-    evaluation, _ = pipeline._load_data(recipe, pipeline.RunOptions(out_dir=opts.out_dir, data=first.data), ref, warn)
+    evaluation, _ = pipeline.load_data(recipe, pipeline.RunOptions(out_dir=opts.out_dir, data=first.data), ref, warn)
     runners: dict[str, Runner] = {"input": ref}
     labels: dict[str, str] = {}  # runner key -> variant label (labels are free text: one may read "input")
     for i, (label, report) in enumerate(reports.items()):
         runner = _artifact_runner(specs[label], report, v.threads, warn)
         if runner is not None:
             runners[f"variant{i}"], labels[f"variant{i}"] = runner, label
-    batch = pipeline._latency_batch(list(runners.values()), v.batch, warn)
+    batch = pipeline.latency_batch(list(runners.values()), v.batch, warn)
     if batch is None:
         return None, {}, None
     stats = side_by_side(runners, batch_feeds(evaluation.feeds, batch), rounds=ROUNDS, warmup=v.warmup, runs=v.runs)
