@@ -15,7 +15,7 @@ from accelopt.errors import BadInputError, ConversionError, GateFailed
 from accelopt.sweeping.frontier import parse_constraints
 from accelopt.report import fmt
 from accelopt.sweeping.run import SWEEP_DEFAULTS, SweepOptions, run_sweep
-from accelopt.sweeping.variants import expand, parse_grid, parse_recipes
+from accelopt.sweeping.variants import EmptyGrid, expand, parse_grid, parse_recipes
 
 
 def sweep(
@@ -43,14 +43,16 @@ def sweep(
     what finished. Builds skip per-step timing (`validation.latency=false`; `--set validation.latency=true`
     restores it): the sweep times every artifact itself, and judges each recipe's gates on that timing.
 
-    Exit codes: 0 done, 1 nothing met --pick (the closest variant is named), 2 bad input, 3 every variant failed.
+    Exit codes: 0 done, 1 an empty grid or nothing met --pick (the closest variant is named), 2 bad input, 3 every
+    variant failed.
     """
     if not model.is_file():
         raise BadInputError(f"model not found: {model}")
     if (recipes is None) == (recipe is None):
         raise BadInputError("give either --recipes a,b,c or --recipe R with --grid key=v1,v2")
     if recipe is not None and not grid:
-        raise BadInputError("--recipe needs at least one --grid key=v1,v2 axis to vary (or use --recipes a,b,c)")
+        raise EmptyGrid("empty grid: --recipe needs at least one --grid key=v1,v2 axis to vary (or use --recipes "
+                        "a,b,c)")
     constraints = parse_constraints(pick) if pick else []
     common = [*SWEEP_DEFAULTS, *overrides, *([f"validation.threads={threads}"] if threads else [])]
     specs = expand(parse_recipes(recipes) if recipes else [recipe], [parse_grid(g) for g in grid], common, model,

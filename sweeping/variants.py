@@ -12,8 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelopt.errors import BadInputError, RecipeError
+from accelopt.errors import BadInputError, GateFailed, RecipeError
 from accelopt.recipes.schema import Recipe, load_recipe
+
+
+class EmptyGrid(GateFailed):
+    """The issue's contract: a sweep with nothing to run exits 1 (like a --pick nothing meets), not 2."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,12 @@ def parse_grid(item: str) -> GridAxis:
     key, sep, text = item.partition("=")
     key = key.strip()
     values = split_top_level(text) if sep else []
-    if not key or not sep or not text.strip():
+    if not key or not sep:
         raise BadInputError(f"--grid {item!r}: expected key.path=value1,value2,... "
                             "e.g. steps.quantize.calibration=minmax,entropy")
+    if not text.strip():
+        raise EmptyGrid(f"empty grid: --grid {item!r} lists no values, so there is nothing to sweep; give "
+                        f"{key}=value1,value2,...")
     if "" in values:
         raise BadInputError(f"--grid {item!r}: empty value in the list")
     if len(set(values)) != len(values):
