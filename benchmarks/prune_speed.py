@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import quantize_speed  # noqa: E402  (benchmarks/ is not a package)
+import cases  # noqa: E402
 import real_models  # noqa: E402
 
 Feeds = dict[str, np.ndarray]
@@ -181,26 +181,5 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[tuple[st
     return rows
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--runs", type=int, default=50)
-    args = ap.parse_args()
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        ap.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
-    rows = []
-    for name in args.cases.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"prune-{name}-") as d:
-            rows += bench_case(CASES[name](Path(d)), args, Path(d))
-    print(f"onnxruntime CPU, batch 1, 1 thread, best of {args.rounds} interleaved rounds x {args.runs} runs")
-    print(f"{'model':42} {'variant':34} {'median ms':>10} {'vs FP32':>8}  {'goal':4}  quality (held-out inputs)")
-    for label, variant, ms, ratio, goal, text in rows:
-        print(f"{label:42} {variant:34} {ms:>10} {ratio:>8}  {goal:4}  {text}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cases.main(__doc__.splitlines()[0], CASES, bench_case, "prune"))

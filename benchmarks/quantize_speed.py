@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import cases  # noqa: E402
 import real_models  # noqa: E402  (benchmarks/ is not a package)
 
 Feeds = dict[str, np.ndarray]
@@ -279,7 +279,7 @@ def variants(case: Case, tmp: Path) -> tuple[dict[str, Path], dict[str, str]]:
 
 
 def bench_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, str, str]]:
-    """(model, variant, median ms, vs FP32, quality, meets goal) rows: quality on held-out data, then timing."""
+    """(model, variant, median ms, vs FP32, meets goal, quality) rows: quality on held-out data, then timing."""
     models, skipped = variants(case, tmp)
     runners = {name: OrtRunner(path, threads=1) for name, path in models.items()}
     feeds = {k: v for k, v in case.evaluation.items() if k != "labels"}
@@ -292,31 +292,10 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[tuple[st
         text, ok = (("reference", None) if name == "FP32"
                     else case.quality(outputs["FP32"], outputs[name], case.evaluation))
         goal = "" if ok is None else ("yes" if ok and ratio >= case.min_speedup else "no")
-        rows.append((case.label, name, f"{st.median_ms:.3f}", f"{ratio:.2f}x", text, goal))
-    rows += [(case.label, name, "-", "-", f"skipped: {why}", "") for name, why in skipped.items()]
+        rows.append((case.label, name, f"{st.median_ms:.3f}", f"{ratio:.2f}x", goal, text))
+    rows += [(case.label, name, "-", "-", "", f"skipped: {why}") for name, why in skipped.items()]
     return rows
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--runs", type=int, default=50)
-    args = ap.parse_args()
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        ap.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
-    rows = []
-    for name in args.cases.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"quantize-{name}-") as d:
-            rows += bench_case(CASES[name](Path(d)), args, Path(d))
-    print(f"onnxruntime CPU, batch 1, 1 thread, best of {args.rounds} interleaved rounds x {args.runs} runs")
-    print(f"{'model':42} {'variant':30} {'median ms':>10} {'vs FP32':>8}  {'goal':4}  quality (held-out inputs)")
-    for label, variant, ms, ratio, text, goal in rows:
-        print(f"{label:42} {variant:30} {ms:>10} {ratio:>8}  {goal:4}  {text}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cases.main(__doc__.splitlines()[0], CASES, bench_case, "quantize"))
