@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from accelopt.data import Dataset
 from accelopt.errors import BadInputError, RecipeError
 from accelopt.optimizers import PassContext, get_pass
+from accelopt.optimizers.pruning.criteria import weight_scores
 from accelopt.optimizers.pruning.groups import find_groups, infer_shapes, node_name
 from accelopt.optimizers.pruning.refit import conv_rows, lsq_refit
 from tests import models
@@ -112,6 +113,29 @@ def concat_model() -> onnx.ModelProto:
                              opset_imports=[helper.make_opsetid("", models.OPSET)], ir_version=models.IR_VERSION)
 
 
+def c2f_model() -> onnx.ModelProto:
+    """YOLOv8's C2f in small: cv1 Conv 3->16 + Relu, Split in two halves of 8; the second half through Conv m
+    (8->8) + Relu and a residual Add; Concat(half 0, half 1, the Add) = 24 channels; 1x1 Conv head 24->6 = "y"."""
+    rng = np.random.default_rng(13)
+    inits = [_t(rng, "w1", 16, 3, 3, 3), _t(rng, "b1", 16), _t(rng, "wm", 8, 8, 3, 3), _t(rng, "bm", 8),
+             _t(rng, "w2", 6, 24, 1, 1), _t(rng, "b2", 6),
+             numpy_helper.from_array(np.array([8, 8], np.int64), "halves")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="cv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Split", ["r1", "halves"], ["h0", "h1"], name="split", axis=1),
+             helper.make_node("Conv", ["h1", "wm", "bm"], ["cm"], name="m", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["cm"], ["rm"], name="relu_m"),
+             helper.make_node("Add", ["h1", "rm"], ["a"], name="residual"),
+             helper.make_node("Concat", ["h0", "h1", "a"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w2", "b2"], ["y"], name="cv2")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])
+    model = helper.make_model(helper.make_graph(nodes, "c2f", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", models.OPSET)], ir_version=models.IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
 # --- groups ------------------------------------------------------------------------------------------------------
 
 
@@ -141,9 +165,25 @@ def test_batchnorm_parameters_are_members_and_depthwise_convs_join_in_and_out():
     assert dw["conv1"] == (8, ["conv1", "dw"], ["pw"], ["b1[0]", "bd[0]", "w1[0]", "wd[0]", "wp[1]"], False)
 
 
-def test_channel_concat_reshape_and_layer_norm_fix_their_groups():
-    cat = groups(concat_model())
-    assert cat["left"][4] and cat["right"][4]
+def test_split_parts_are_groups_and_the_concat_output_is_their_composite():
+    found = {g.name: g for g in find_groups(ir.from_proto(c2f_model()).graph, infer_shapes(c2f_model(), {}))}
+    shape = {name: (g.size, sorted(map(node_name, g.producers)), sorted(map(node_name, g.consumers)),
+                    sorted(f"{m.node.inputs[m.input].name}[{m.axis}]" for m in g.members), bool(g.fixed),
+                    [p.name for p in g.parts], sorted(map(node_name, g.splits)))
+             for name, g in found.items() if name != "x"}
+    assert shape == {
+        "cv1": (16, ["cv1"], [], ["b1[0]", "w1[0]"], False, ["cv1[0]", "m"], ["split"]),  # Split input: composite
+        "cv1[0]": (8, [], [], [], False, [], []),  # half 0: written by cv1 through the Split
+        "m": (8, ["m"], ["m"], ["bm[0]", "wm[0]", "wm[1]"], False, [], []),  # half 1 = m's input = the residual
+        "cat": (24, [], ["cv2"], ["w2[1]"], False, ["cv1[0]", "m", "m"], []),  # half 1 twice: itself and the Add
+        "cv2": (6, ["cv2"], [], ["b2[0]", "w2[0]"], True, [], []),  # graph output
+    }
+    assert weight_scores(found["cv1[0]"], "l1", list(found.values())).min() > 0  # cv1's rows at the half's offsets
+    assert [g.name for g in find_groups(ir.from_proto(concat_model()).graph, infer_shapes(concat_model(), {}))
+            if g.parts] == ["cat"]
+
+
+def test_reshape_and_layer_norm_fix_their_groups():
     yolo = groups(models.yolo_like_head())  # SiLU couples; the head's Reshape fixes
     assert not yolo["conv1"][4] and yolo["head_conv"][4]
     bert = groups(models.tiny_bert_like())  # only the feed-forward hidden dim is free
@@ -210,6 +250,39 @@ def test_kept_channels_round_up_to_round_to(tmp_path):
     _, ctx = prune(model, tmp_path, x, ratio=0.5, round_to=1, per_layer={"conv1": 0.0, "conv2": 0.75},
                    protect_first_last=False, criterion="activation", refit=False)
     assert [(g["group"], g["channels_after"]) for g in ctx.decisions["groups_pruned"]] == [("conv0", 12), ("conv2", 6)]
+
+
+def test_a_c2f_block_prunes_its_split_halves_and_slices_split_sizes_and_the_concat_consumer(tmp_path):
+    model = c2f_model()
+    x, ev = samples(32, 3, 8, 8), samples(16, 3, 8, 8, seed=1)
+    refit, ctx = prune(model, tmp_path, x, ratio=0.5, round_to=4, protect_first_last=False)
+    plain, _ = prune(model, tmp_path, x, ratio=0.5, round_to=4, protect_first_last=False, refit=False)
+    assert [(g["group"], g["channels_after"]) for g in ctx.decisions["groups_pruned"]] == [("cv1[0]", 4), ("m", 4)]
+    assert [(g["group"], g["channels_after"]) for g in ctx.decisions["composites_sliced"]] == [("cv1", 8), ("cat", 12)]
+    for out in (refit, plain):
+        w = weights(out)
+        assert w["cv1:1"].shape == (8, 3, 3, 3) and w["m:1"].shape == (4, 4, 3, 3) and w["cv2:1"].shape == (6, 12, 1, 1)
+        assert w["split:1"].tolist() == [4, 4]
+        assert run(out, ev).shape == (16, 6, 8, 8)
+    assert {r["layer"] for r in ctx.decisions["refit"]} == {"m", "cv2"}
+    ref = run(model, ev)
+    assert sqnr_db(ref, run(refit, ev)) > sqnr_db(ref, run(plain, ev)) + 1
+
+
+def test_a_concat_of_two_convs_prunes_both_and_slices_the_consumer_at_their_offsets(tmp_path):
+    model = concat_model()
+    out, ctx = prune(model, tmp_path, ratio=0.5, round_to=1, protect_first_last=False, criterion="l1", refit=False)
+    assert [(g["group"], g["channels_after"]) for g in ctx.decisions["groups_pruned"]] == [("left", 4), ("right", 4)]
+    before, after = weights(model), weights(out)
+    rows = lambda w, kept: [int(np.flatnonzero((w == r).all(axis=(1, 2, 3)))[0]) for r in kept]  # noqa: E731
+    left, right = rows(before["left:1"], after["left:1"]), rows(before["right:1"], after["right:1"])
+    assert len(set(left)) == len(set(right)) == 4
+    np.testing.assert_array_equal(after["out:1"], before["out:1"][:, left + [8 + i for i in right]])
+    x = samples(3, 4, 6, 6)
+    conv = lambda w, v: np.einsum("oc,nchw->nohw", w[:, :, 0, 0], v)  # noqa: E731 (1x1, no bias)
+    cat = np.concatenate([conv(before["left:1"][left], x), conv(before["right:1"][right], x)], axis=1)
+    y = conv(before["out:1"][:, left + [8 + i for i in right]], cat)
+    np.testing.assert_allclose(run(out, x), y, rtol=1e-4, atol=1e-4)
 
 
 # --- refit ---------------------------------------------------------------------------------------------------------

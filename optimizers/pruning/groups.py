@@ -5,15 +5,25 @@ another join their spaces in a union-find, as DepGraph (Torch-Pruning) does on t
 element-wise ops, pools, channel-preserving reduces/reshapes and Resize join input and output; Add/Mul/... join all
 their activation inputs (which couples residual branches); a depthwise Conv joins its input and output. A group-1
 Conv, Gemm or MatMul with a constant weight decouples its input space from its output space. Anything not modelled
-(Reshape, Transpose, Split, Softmax, LayerNormalization, Concat along the channels, grouped Conv, Q/DQ, Shape, graph
-inputs and outputs, tensors read inside control-flow subgraphs, unknown ops) fixes the spaces it touches: they keep
-every channel. Channel axes come from the op (1 for Conv-style tensors, the last one for MatMul), and broadcasting
-is checked on inferred shapes: a constant with the channel count on the channel axis is sliced with the group, one
-with 1 there broadcasts, anything else fixes the group.
+(Reshape, Transpose, Slice, Softmax, LayerNormalization, grouped Conv, Q/DQ, Shape, graph inputs and outputs,
+tensors read inside control-flow subgraphs, unknown ops) fixes the spaces it touches: they keep every channel.
+Channel axes come from the op (1 for Conv-style tensors, the last one for MatMul), and broadcasting is checked on
+inferred shapes: a constant with the channel count on the channel axis is sliced with the group, one with 1 there
+broadcasts, anything else fixes the group.
+
+Concat and Split along the channels are an offset map instead of a union: the Concat output, and the Split input,
+is a composite space whose channels are its parts' channels one after another (a C2f block: cv1's outputs are the
+two Split halves; the Concat feeding cv2 is both halves and the bottleneck outputs). Each part stays its own group,
+ranked and pruned on its own; a composite is never ranked: it keeps its parts' kept channels at their offsets, and
+its members (cv1's output rows, cv2's input columns) and the Split sizes are sliced with that map. A composite that
+must stay whole (a graph output, a Reshape, a protected writer) keeps its parts whole; two ops that cut one space
+differently (a Concat and a Split of the same tensor at other offsets) fix it. Slice along the channels stays
+fixed.
 
 A group lists the constants indexed by its channels (weights, biases, BN parameters, per-channel scales) with the
 axis to slice, the layers writing its channels (producers), the layers reading them (consumers, the ones a refit
-re-solves) and the depthwise Convs whose `group` attribute is its channel count.
+re-solves), the depthwise Convs whose `group` attribute is its channel count and, for a composite, its parts and the
+Splits whose sizes follow them.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ class Member:
     scored: bool = True  # counts in the l1/l2 criteria
 
 
-@dataclass
+@dataclass(eq=False)  # identity: groups key dicts and link to each other
 class Group:
     values: list[ir.Value]
     size: int | None
@@ -68,12 +78,31 @@ class Group:
     depthwise: list[ir.Node]  # depthwise Convs (in and out in this group): `group` attribute = channel count
     axis: dict[ir.Value, int]  # channel axis of each value
     fixed: list[str] = field(default_factory=list)  # why every channel must stay; empty = prunable
+    parts: list[Group] = field(default_factory=list)  # a composite: these groups' channels one after another
+    splits: list[ir.Node] = field(default_factory=list)  # Splits of a composite: their sizes = the parts' counts
+    part_of: list[tuple[Group, int]] = field(default_factory=list, repr=False)  # (composite, index in its parts)
 
     @property
     def name(self) -> str:
-        """The first layer writing the channels: how reports and `per_layer` name a group."""
+        """The first layer writing the channels: how reports and `per_layer` name a group. A Split part that no layer
+        writes is named after its composite and its index: "cv1[0]"."""
         writers = self.producers + self.depthwise
-        return node_name(writers[0]) if writers else str(self.values[0].name)
+        if writers:
+            return node_name(writers[0])
+        return f"{self.part_of[0][0].name}[{self.part_of[0][1]}]" if self.part_of else str(self.values[0].name)
+
+    @property
+    def written(self) -> bool:
+        """Some layer writes these channels: its own, or, for a Split part, the composite's."""
+        return bool(self.producers or self.depthwise) or any(whole.written for whole, _ in self.part_of)
+
+    def leaves(self, offset: int = 0) -> list[tuple[Group, int]]:
+        """(non-composite group, channel offset) for each stretch of a composite's channels; [(self, 0)] otherwise."""
+        out, at = [], offset
+        for part in self.parts:
+            out += part.leaves(at)
+            at += part.size
+        return out or [(self, offset)]
 
     @property
     def nodes(self) -> set[ir.Node]:
@@ -150,6 +179,8 @@ class _Spaces:
         self.producers: dict[ir.Value, list[ir.Node]] = defaultdict(list)
         self.consumers: dict[ir.Value, list[ir.Node]] = defaultdict(list)
         self.depthwise: dict[ir.Value, list[ir.Node]] = defaultdict(list)
+        self.parts: dict[ir.Value, list[list[ir.Value]]] = defaultdict(list)  # composite -> the cuts ops make of it
+        self.splits: dict[ir.Value, list[ir.Node]] = defaultdict(list)
 
     def find(self, v: ir.Value) -> ir.Value:
         self.parent.setdefault(v, v)
@@ -369,18 +400,47 @@ def _pad(node: ir.Node, s: _Spaces) -> None:
 
 
 def _concat(node: ir.Node, s: _Spaces) -> None:
-    dims = s.dims(node.outputs[0])
+    """Along the channels: the output is a composite of the inputs; along another axis: element-wise."""
+    y = node.outputs[0]
+    dims = s.dims(y)
     acts = s.activations(node)
+    axis = s.axis_of(acts[0]) if acts else 1
     if dims is None:
         return s.fix_node(node, f"{node_name(node)}: Concat of unknown rank")
-    if node.attributes.get_int("axis", 0) % len(dims) == (s.axis_of(acts[0]) if acts else 1):
-        return s.fix_node(node, f"{node_name(node)}: Concat along the channels (offset map not modelled in v1)")
-    _elementwise(node, s)
+    if node.attributes.get_int("axis", 0) % len(dims) != axis:
+        return _elementwise(node, s)
+    if len(acts) != len(node.inputs):
+        return s.fix_node(node, f"{node_name(node)}: Concat of a constant along the channels")
+    for v in [*acts, y]:
+        s.space(v, axis)
+    if len(acts) == 1:
+        s.union(acts[0], y)
+    else:
+        s.parts[y].append(acts)
+
+
+def _split(node: ir.Node, s: _Spaces) -> None:
+    """Along the channels: the input is a composite of the outputs; along another axis: every output keeps them."""
+    x, outs = node.inputs[0], list(node.outputs)
+    dims = s.dims(x)
+    axis = s.axis_of(x)
+    if dims is None or const(x) is not None:
+        return s.fix_node(node, f"{node_name(node)}: Split of unknown rank or of a constant")
+    for v in [x, *outs]:
+        s.space(v, axis)
+    if node.attributes.get_int("axis", 0) % len(dims) != axis or len(outs) == 1:
+        for y in outs:
+            s.union(x, y)
+    elif len(node.inputs) > 1 and node.inputs[1] is not None and const(node.inputs[1]) is None:
+        s.fix_node(node, f"{node_name(node)}: Split with computed sizes")
+    else:
+        s.parts[x].append(outs)
+        s.splits[x].append(node)
 
 
 _HANDLERS: dict[str, Handler] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Resize": _resize, "Upsample": _resize, "Pad": _pad,
-    "Concat": _concat,
+    "Concat": _concat, "Split": _split,
     **{op: _norm for op in _NORM_PARAMS}, **{op: _elementwise for op in _ELEMENTWISE},
     **{op: _pool for op in _POOLS}, **{op: _reduce for op in _REDUCES}, **{op: _unit_reshape for op in _UNIT_RESHAPES},
 }
@@ -388,7 +448,7 @@ _HANDLERS: dict[str, Handler] = {
 
 def _visit(node: ir.Node, s: _Spaces) -> None:
     handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-    extra_used = any(out.uses() or out.is_graph_output() for out in node.outputs[1:])
+    extra_used = node.op_type != "Split" and any(out.uses() or out.is_graph_output() for out in node.outputs[1:])
     if handler is None or extra_used or not node.inputs or node.inputs[0] is None:
         return s.fix_node(node, f"{node_name(node)}: {node.op_type} is not modelled")
     handler(node, s)
@@ -415,39 +475,96 @@ def find_groups(graph: ir.Graph, shapes: Shapes) -> list[Group]:
                     s.fix(v, f"{v.name}: read inside the subgraph of a control-flow op")
         elif node.op_type != "Constant":
             _visit(node, s)
+    _align_cuts(s)
     components: dict[ir.Value, list[ir.Value]] = defaultdict(list)
     for v in list(s.parent):
         components[s.find(v)].append(v)
-    groups = []
-    for values in components.values():
-        group = Group(values, None, _gather(s.members, values), _gather(s.producers, values),
-                      _gather(s.consumers, values), _gather(s.depthwise, values), {v: s.axis_of(v) for v in values},
-                      _gather(s.fixed, values))
+    groups, of = [], {}
+    for root, values in components.items():
+        of[root] = group = Group(values, None, _gather(s.members, values), _gather(s.producers, values),
+                                 _gather(s.consumers, values), _gather(s.depthwise, values),
+                                 {v: s.axis_of(v) for v in values}, _gather(s.fixed, values),
+                                 splits=_gather(s.splits, values))
         unknown = [v for v in values if s.channels(v) is None]
         if unknown and not group.fixed:
             _raise_unknown(unknown[0], graph)
-        _check_channels(group, {s.channels(v) for v in values} - {None})
+        group.size = next(iter(sizes)) if len(sizes := {s.channels(v) for v in values} - {None}) == 1 else None
         groups.append(group)
+    for group in groups:
+        cut = next((c for v in group.values for c in s.parts.get(v, [])), [])
+        group.parts = [of[s.find(v)] for v in cut]
+    for group in groups:  # only with unknown sizes: keep the composites a tree for the walks below
+        if _contains(group, group, set()):
+            for g in [group, *group.parts]:
+                g.fixed.append(f"{group.values[0].name}: a composite that contains itself")
+            group.parts = []
+    for group in groups:
+        for i, part in enumerate(group.parts):
+            part.part_of.append((group, i))
+    for group in groups:
+        _check_channels(group)
+    spread_fixed(groups)
     return groups
+
+
+def _align_cuts(s: _Spaces) -> None:
+    """Two ops cutting one composite (a Concat output split again, two Concats joined by an Add) at the same offsets
+    join their parts pairwise; at other offsets they fix it."""
+    changed = True
+    while changed:
+        changed = False
+        cuts: dict[ir.Value, list[list[ir.Value]]] = defaultdict(list)
+        for v, found in s.parts.items():
+            cuts[s.find(v)] += found
+        for root, (first, *others) in cuts.items():
+            for other in others:
+                if [s.channels(v) for v in other] != [s.channels(v) for v in first] or None in map(s.channels, first):
+                    if not s.fixed[root]:
+                        s.fix(root, f"{root.name}: ops cut its channels at different offsets")
+                    continue
+                for a, b in zip(first, other):
+                    if s.find(a) is not s.find(b):
+                        s.union(a, b)
+                        changed = True
+
+
+def spread_fixed(groups: list[Group]) -> None:
+    """A composite that keeps every channel keeps every channel of its parts (after `protect` too)."""
+    todo = [g for g in groups if g.fixed and g.parts]
+    while todo:
+        whole = todo.pop()
+        for part in whole.parts:
+            if not part.fixed:
+                part.fixed.append(f"part of {whole.name}, kept whole: {whole.fixed[0]}")
+                todo.append(part)
 
 
 def _gather(table: dict[ir.Value, list], values: list[ir.Value]) -> list:
     return [x for v in values for x in table.get(v, [])]
 
 
-def _check_channels(group: Group, sizes: set[int]) -> None:
-    """Set the group's channel count; fix the group where its tensors or constants disagree on it, or where no
-    layer writes its channels."""
-    group.size = next(iter(sizes)) if len(sizes) == 1 else None
+def _check_channels(group: Group) -> None:
+    """Fix the group where its tensors or constants disagree on its channel count, where no layer writes its
+    channels, or, for a composite, where its parts do not add up to it or contain it."""
     if group.size is None:
         group.fixed.append("tensors disagree on the channel count")
-    if not group.producers and not group.depthwise:
+    if group.parts:
+        if any(p.size is None for p in group.parts) or sum(p.size for p in group.parts) != group.size:
+            group.fixed.append("its parts do not add up to its channel count")
+    elif not group.written:
         group.fixed.append("no layer writes these channels")
     for m in group.members:
         c = const(m.node.inputs[m.input])
         if c is None or c.shape[m.axis] != group.size:
             group.fixed.append(f"{m.node.inputs[m.input].name}: shape {None if c is None else list(c.shape)} has "
                                f"no {group.size} channels on axis {m.axis}")
+
+
+def _contains(whole: Group, target: Group, seen: set[int]) -> bool:
+    for part in whole.parts:
+        if part is target or (id(part) not in seen and not seen.add(id(part)) and _contains(part, target, seen)):
+            return True
+    return False
 
 
 def _raise_unknown(value: ir.Value, graph: ir.Graph) -> None:
