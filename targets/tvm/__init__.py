@@ -1,0 +1,91 @@
+"""The TVM target: ONNX -> Relax -> MetaSchedule-tuned shared library for the host CPU (apache-tvm 0.27).
+
+Importable without TVM (the registry lists it); building it without the [tvm] extra names the extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from accelopt.targets import register_target
+from accelopt.targets.base import Artifact, Finding, Target, TargetConfig
+from accelopt.targets.tvm.env import host_cores, require_tvm
+
+
+class TuningConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trials: int = Field(64, ge=0, description="MetaSchedule trials in all; 0 reuses `database` without tuning")
+    per_task: PositiveInt | None = Field(None, description="trials per fused kernel (default: trials)")
+    time_s: PositiveFloat | None = Field(None, description="stop tuning after this many seconds, keeping the records")
+    database: Path | None = Field(None, description="folder with a JSON tuning database to reuse and update")
+
+
+class TvmTargetConfig(TargetConfig):
+    mcpu: str | None = Field(None, description="LLVM CPU name (znver4, skylake-avx512...); default: this host's")
+    num_cores: PositiveInt | None = Field(None, description="cores the kernels parallelize over; default: threads")
+    threads: PositiveInt | None = Field(None, description="TVM_NUM_THREADS for tuning and running; default: all cores")
+    tuning: TuningConfig | None = Field(None, description="MetaSchedule budget; null builds untuned (slow on CPU)")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@register_target
+class TvmTarget(Target):
+    name = "tvm"
+    summary = "Apache TVM 0.27 on the host CPU: Relax import, MetaSchedule tuning, a model.so (needs [tvm])"
+    Config = TvmTargetConfig
+    config: TvmTargetConfig
+
+    def __init__(self, config: TvmTargetConfig | None = None):
+        require_tvm()
+        super().__init__(config)
+        self.log = _stderr  # targets get no pipeline context: progress goes to stderr and the artifact's meta
+        self.messages: list[str] = []
+
+    def _log(self, message: str) -> None:
+        self.messages.append(message)
+        self.log(message)
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads or host_cores()
+
+    def llvm_target(self) -> dict[str, Any]:
+        """The JSON-dict target (notes §1); mcpu detected from the host unless given."""
+        from accelopt.targets.tvm.env import host_mcpu, import_tvm
+
+        import_tvm()
+        return {"kind": "llvm", "mcpu": self.config.mcpu or host_mcpu(),
+                "num-cores": self.config.num_cores or self.threads}
+
+    def check(self, model: onnx.ModelProto) -> list[Finding]:
+        from accelopt.targets.tvm.check import check
+
+        tuning = self.config.tuning is not None and self.config.tuning.trials > 0
+        return check(model, tuning)
+
+    def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
+        from accelopt.targets.tvm.lower import lower
+
+        target = self.llvm_target()
+        detected = [] if self.config.mcpu else [f"mcpu {target['mcpu']}"]
+        detected += [] if self.config.threads else [f"threads {self.threads}"]
+        self._log(f"tvm: target {target}" + (f" (detected {', '.join(detected)})" if detected else ""))
+        artifact = lower(model, Path(out_dir), target, self.threads, self.config.tuning, self._log)
+        artifact.meta["log"] = self.messages
+        return artifact
+
+    def runner(self, artifact: Artifact, threads: int | None = None):
+        from accelopt.targets.tvm.runner import TvmRunner
+
+        return TvmRunner(artifact.path, threads=threads if threads is not None else self.config.threads)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"layout": "NCHW", "target": self.llvm_target(), "threads": self.threads}

@@ -1,0 +1,62 @@
+"""Runs model.so in TVM's Relax VM with OrtRunner's interface, so validation and timing treat both alike."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from accelopt.errors import BadInputError, ConversionError, first_line
+from accelopt.targets.base import LatencyStats, TensorSpec
+from accelopt.targets.tvm.env import import_tvm
+from accelopt.targets.tvm.lower import IO_FILE
+
+
+class TvmRunner:
+    """One VM over one library; the thread pool is set to `threads` (it can only shrink: env.import_tvm)."""
+
+    def __init__(self, library: Path, threads: int | None = None):
+        tvm = import_tvm()
+        from tvm import relax
+
+        library = Path(library)
+        io = json.loads((library.parent / IO_FILE).read_text())
+        self.inputs = [TensorSpec(s["name"], s["shape"], np.dtype(s["dtype"])) for s in io["inputs"]]
+        self.outputs = [TensorSpec(s["name"], s["shape"], np.dtype(s["dtype"])) for s in io["outputs"]]
+        if threads is not None:
+            tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        self.threads = int(tvm.runtime.num_threads())
+        self._tvm = tvm
+        self._dev = tvm.cpu(0)
+        self._main = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._dev)["main"]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Output name -> array, in the model's output order."""
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise BadInputError(f"tvm runner: missing inputs {missing}")
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name], dtype=s.dtype), self._dev)
+                for s in self.inputs]
+        try:
+            out = self._main(*args)
+        except Exception as e:  # the VM raises TVMError subclasses for shape and dtype mismatches
+            raise ConversionError(f"tvm failed running the model: {first_line(e, 300)}") from e
+        values = list(out) if type(out).__name__ == "Array" else [out]  # one output comes back bare
+        return {s.name: v.numpy() for s, v in zip(self.outputs, values)}
+
+    def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
+        """Wall time per call, measured exactly like OrtRunner.bench (inputs copied in, outputs out)."""
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
+        for _ in range(warmup):
+            self.run(feeds)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.run(feeds)
+            times.append((time.perf_counter() - start) * 1000)
+        first = feeds[self.inputs[0].name] if self.inputs else None
+        batch = int(first.shape[0]) if first is not None and first.ndim else 1
+        return LatencyStats.from_times(times, batch=batch, threads=self.threads, warmup=warmup)

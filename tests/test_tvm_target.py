@@ -1,0 +1,133 @@
+"""The TVM target: missing extra, check findings, lowering vs ORT, tuning database reuse, the CLI recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from accelopt.errors import MissingExtraError, RecipeError
+from accelopt.targets import get_target
+from tests import models
+
+
+def test_missing_extra_is_named(monkeypatch, cli, tmp_path):
+    """Runs without TVM too (CI): a None in sys.modules makes find_spec('tvm') report it absent."""
+    monkeypatch.setitem(sys.modules, "tvm", None)
+    with pytest.raises(MissingExtraError, match=r"target tvm needs the \[tvm\] extra"):
+        get_target("tvm")
+    path = tmp_path / "m.onnx"
+    onnx.save(models.conv_stack(), str(path))
+    r = cli("convert", path, "-o", tmp_path / "o", "--recipe", "tvm-cpu")
+    assert r.code == 2 and "pip install 'accelopt[tvm]'" in r.err
+
+
+def test_bad_tuning_option_names_valid_keys():
+    pytest.importorskip("tvm")
+    with pytest.raises(RecipeError, match="option 'tuning.trails'"):
+        get_target("tvm", {"tuning": {"trails": 3}})
+
+
+tvm = pytest.importorskip("tvm")
+
+from accelopt.targets.onnxruntime import OrtRunner  # noqa: E402
+from accelopt.targets.tvm import lower as tvm_lower  # noqa: E402
+from accelopt.targets.tvm import tune as tvm_tune  # noqa: E402
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _x() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+
+
+def test_check_names_unsupported_nodes_and_unpinned_inputs():
+    model = models.conv_stack(batch="N")
+    model.graph.node.append(helper.make_node("LSTM", ["y"], ["h"], name="rnn0"))
+    model.graph.node.append(helper.make_node("QLinearConv", ["y"], ["q"], name="qconv"))
+    findings = get_target("tvm").check(model)
+    by_node = {f.node: f.message for f in findings if f.severity == "error"}
+    assert "recurrent" in by_node["rnn0"] and "QDQ" in by_node["qconv"]
+    assert "input 'x' has dynamic shape ['N', 3, 16, 16]" in by_node["x"] and "input.shapes" in by_node["x"]
+
+
+def test_untuned_lower_runs_like_ort(tmp_path):
+    model = models.conv_stack()
+    target = get_target("tvm", {"threads": 1})
+    assert target.check(model) == []
+    artifact = target.lower(model, tmp_path)
+    assert sorted(p.name for p in artifact.files) == ["model.json", "model.so"]
+    runner = target.runner(artifact, threads=1)
+    assert runner.threads == 1 and [s.name for s in runner.outputs] == ["y"]
+    out = runner.run(_x())["y"]
+    assert _cosine(out, OrtRunner(model, threads=1).run(_x())["y"]) >= 0.9999
+    assert runner.bench(_x(), warmup=1, runs=3).runs == 3
+
+
+@pytest.mark.skipif(os.environ.get("ACCELOPT_SLOW") != "1",
+                    reason="tunes with MetaSchedule: about 6 minutes on 2 cores; ACCELOPT_SLOW=1 runs it")
+def test_tuning_writes_a_database_that_trials_0_reuses(tmp_path):
+    model = models.conv_stack(channels=8, size=8, layers=1)
+    shared = tmp_path / "db"
+    tuned = get_target("tvm", {"threads": 1, "tuning": {"trials": 6, "database": str(shared)}})
+    first = tuned.lower(model, tmp_path / "a")
+    assert tvm_tune.has_database(tmp_path / "a") and tvm_tune.has_database(shared)
+    assert first.meta["tuned"] and first.meta["kernels_tuned"] >= 1
+    assert any("trials" in m for m in first.meta["log"])
+
+    reuse = get_target("tvm", {"threads": 1, "tuning": {"trials": 0, "database": str(shared)}})
+    second = reuse.lower(model, tmp_path / "b")
+    assert not any("tvm tuning:" in m for m in second.meta["log"])  # no tuning ran
+    assert second.meta["kernels_tuned"] == first.meta["kernels_tuned"]
+    a, b = (t.runner(art, threads=1).run(_x8())["y"] for t, art in ((tuned, first), (reuse, second)))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert _cosine(a, OrtRunner(model, threads=1).run(_x8())["y"]) >= 0.9999
+
+    other = models.conv_stack(channels=4, size=8, layers=1)  # other shapes: no workload matches
+    with pytest.raises(Exception, match="has no records for this model"):
+        reuse.lower(other, tmp_path / "c")
+
+
+def _x8() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+
+
+def test_trials_0_without_database_is_a_recipe_error(tmp_path):
+    target = get_target("tvm", {"threads": 1, "tuning": {"trials": 0, "database": str(tmp_path / "none")}})
+    with pytest.raises(RecipeError, match="tuning.trials is 0 but there is no tuning database"):
+        target.lower(models.conv_stack(), tmp_path / "o")
+
+
+def test_export_without_compiler_is_clear(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    findings = get_target("tvm").check(models.conv_stack())
+    assert [f.message for f in findings] == [
+        "export_library needs a C++ compiler to write model.so: install g++ or clang++, or set CXX"]
+
+
+def test_interrupted_database_keeps_complete_lines(tmp_path):
+    (tmp_path / tvm_tune.WORKLOADS).write_text('["1", "abc"]\n')
+    (tmp_path / tvm_tune.RECORDS).write_text('[0, [[], [0.001], {}, []]]\n[0, [[], [0.0005')
+    tvm_tune.repair(tmp_path)
+    assert tvm_tune.progress(tmp_path) == (1, 1, pytest.approx(1.0))
+
+
+def test_cli_convert_with_tvm_recipe_passes_validation(cli, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(models.conv_stack(), str(path))
+    r = cli("convert", path, "-o", tmp_path / "o", "--recipe", "tvm-cpu", "--set", "target.options.tuning=null",
+            "--set", "validation.runs=5")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["final"]["runner"] == "TvmRunner" and report["passed"]
+    assert report["final"]["worst"]["cosine"] >= 0.9999
+    assert {a["path"] for a in report["artifacts"]} == {tvm_lower.LIBRARY, tvm_lower.IO_FILE}
+    assert report["final"]["latency"]["threads"] == 1
