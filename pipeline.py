@@ -280,7 +280,13 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             raise ConversionError(f"target {target.name} cannot take the model ({len(errors)} problem(s)): {listed}")
 
         with staged_dir(opts.out_dir, replaces=_previous_outputs(opts.out_dir)) as stage:
-            artifact = target.lower(current, stage)
+            try:
+                artifact = target.lower(current, stage)
+            except AccelError:
+                raise
+            except Exception as e:  # a compiler's own errors (TVM's TypeErrors, TVMError...) as one line
+                raise ConversionError(f"target {target.name} failed to lower the model: "
+                                      f"{first_line(e, 300, with_type=True)}") from e
             final = _final_check(target, artifact, recipe, ref, probe, precision, warn, timed)
             report = {
                 "schema": REPORT_SCHEMA,
