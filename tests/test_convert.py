@@ -411,3 +411,17 @@ def test_step_notes_reach_terminal_and_report(cli, conv_bn_path, tmp_path, temp_
     assert r.code == 0
     assert "note: talks: kept the float model because it is faster" in r.out
     assert "- **talks**: kept the float model because it is faster" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_target_that_fails_to_lower_gives_one_line_and_no_output(cli, conv_bn_path, tmp_path, monkeypatch):
+    """A compiler's own exception (TVM raises TypeErrors from C++) becomes exit 3 and one line."""
+    from accelopt.targets.onnxruntime import OnnxRuntimeTarget
+
+    def broken(self, model, out_dir):
+        raise TypeError("Reshape requires the input new shape to be Shape")
+
+    monkeypatch.setattr(OnnxRuntimeTarget, "lower", broken)
+    r = cli("convert", conv_bn_path, "-r", "cpu-fp32", "-o", tmp_path / "out")
+    assert r.code == 3 and len(r.err.strip().splitlines()) == 1
+    assert "target onnxruntime failed to lower the model: TypeError: Reshape requires" in r.err
+    assert not (tmp_path / "out").exists()
