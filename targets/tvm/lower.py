@@ -85,6 +85,9 @@ def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: 
         tune.tune(model, target, out_dir, trials=tuning.trials, per_task=tuning.per_task, time_s=tuning.time_s,
                   threads=threads, log=log)
     covered, total = coverage(model, target, out_dir)
+    if covered == 0 and tuning.trials > 0:
+        raise ConversionError(f"tvm: tuning measured no candidate within its budget ({tuning.trials} trials, "
+                              f"time_s {tuning.time_s}): raise tuning.time_s, or build untuned with tuning: null")
     if covered == 0:
         raise ConversionError(f"tvm: the tuning database in {shared or out_dir} has no records for this model on "
                               f"{target} (records are keyed by the structural hash of each fused kernel: another "
