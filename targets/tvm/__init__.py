@@ -20,7 +20,8 @@ from accelopt.targets.tvm.env import host_cores, require_tvm
 class TuningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trials: int = Field(64, ge=0, description="MetaSchedule trials in all; 0 reuses `database` without tuning")
-    per_task: PositiveInt | None = Field(None, description="trials per fused kernel (default: trials spread evenly over the kernels)")
+    per_task: PositiveInt | None = Field(
+        None, description="trials per fused kernel (default: trials spread evenly over the kernels)")
     time_s: PositiveFloat | None = Field(None, description="stop tuning after this many seconds, keeping the records")
     database: Path | None = Field(None, description="folder with a JSON tuning database to reuse and update")
 

@@ -24,8 +24,8 @@ def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Names, shapes and dtypes in the order the VM takes and returns them."""
     def spec(v: onnx.ValueInfoProto) -> dict[str, Any]:
         t = v.type.tensor_type
-        return {"name": v.name, "shape": [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in t.shape.dim],
-                "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))}
+        shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))}
     return {"inputs": [spec(v) for v in graph_inputs(model)], "outputs": [spec(v) for v in model.graph.output]}
 
 
