@@ -87,7 +87,9 @@ def tune(model: onnx.ModelProto, target: dict[str, Any], db_dir: Path, *, trials
             finally:
                 _end_group(child)
         repair(db_dir)
-        if child.returncode not in (0, None) and not getattr(child, "timed_out", False):
+        if getattr(child, "timed_out", False):  # say where the tuner was, since its log goes with the temp dir
+            log(f"tvm tuning: the tuner's last log line: {_child_error(Path(tmp) / 'child.log', 0)}")
+        elif child.returncode not in (0, None):
             raise ConversionError(f"tvm tuning failed: {_child_error(Path(tmp) / 'child.log', child.returncode)}")
 
 
