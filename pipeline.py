@@ -280,6 +280,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             raise ConversionError(f"target {target.name} cannot take the model ({len(errors)} problem(s)): {listed}")
 
         with staged_dir(opts.out_dir, replaces=_previous_outputs(opts.out_dir)) as stage:
+            target.events = lambda kind, info: _emit(opts, kind, **info)
             try:
                 artifact = target.lower(current, stage)
             except AccelError:
@@ -303,7 +304,8 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
                               "latency": ref.latency.to_dict() if ref.latency else None},
                 "steps": steps,
                 "target": {"name": target.name, "options": target.config.model_dump(mode="json"),
-                           "findings": [f.__dict__ for f in findings], "capabilities": target.capabilities()},
+                           "findings": [f.__dict__ for f in findings], "capabilities": target.capabilities(),
+                           "lowering": artifact.meta},
                 "final": final,
                 "artifacts": [{"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in artifact.files],

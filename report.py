@@ -135,6 +135,26 @@ def step_notes(report: dict[str, Any]) -> list[tuple[str, str]]:
     return [(s["name"], n.removeprefix(f"{s['name']}: ")) for s in report["steps"] for n in s.get("notes", [])]
 
 
+def lowering_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for each list of records a target's lowering reported, e.g. TVM's Winograd choice
+    per conv shape; any target can add one under its artifact's meta without the report knowing it."""
+    meta = (report.get("target") or {}).get("lowering") or {}
+    tables = []
+    for key, records in meta.items():
+        if not (isinstance(records, list) and records and all(isinstance(r, dict) for r in records)):
+            continue
+        header = list(dict.fromkeys(k for r in records for k in r))
+        rows = [[", ".join(map(str, v)) if isinstance(v, list) else fmt(v) for v in (r.get(k) for k in header)]
+                for r in records]
+        tables.append((key.replace("_", " "), header, rows))
+    return tables
+
+
+def lowering_log(report: dict[str, Any]) -> list[str]:
+    """What the target said while lowering (choices made, budgets spent)."""
+    return list(((report.get("target") or {}).get("lowering") or {}).get("log") or [])
+
+
 def _kb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} kB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MB"
 
@@ -183,6 +203,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if decisions:
         lines += ["", "## Decisions", ""]
         lines += [f"- **{name}**: `{json.dumps(d, default=str)}`" for name, d in decisions]
+    said, tables = lowering_log(report), lowering_tables(report)
+    if said or tables:
+        lines += ["", f"## Target {report['target']['name']}", ""] + [f"- {line}" for line in said]
+        for title, header, rows in tables:
+            lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "## Artifacts", ""] + [f"- `{a['path']}` {a['bytes']:,} bytes, sha256 `{a['sha256']}`"

@@ -1,18 +1,27 @@
-"""TVM vs onnxruntime on a real pretrained CNN (PP-OCR text-direction classifier), one process, one thread each.
+"""TVM vs onnxruntime, side by side in one process, one thread each (needs pip install 'accelopt[tvm]').
 
-Prints untuned TVM, tuned TVM (a short MetaSchedule budget) and the tuned rebuild from the saved database
-(trials 0) next to ORT, with latency ratios and cosine vs ORT:
+Cases:
+  ppocr     a real pretrained CNN: PP-OCR's text-direction classifier (MobileNetV3, from the rapidocr wheel,
+            see real_models.py), pinned to 1x3x48x192, simplified and BatchNorm-folded as the tvm-cpu recipe
+            does. Untuned TVM, tuned TVM (--trials / --time-s), and the rebuild from the saved database with
+            trials 0 (no tuning), each with cosine vs ORT and latency vs ORT.
+  winograd  a 3x3 conv stack (stem 3->64, then 64->64 x 3 at 32x32): the same tuning budget with Winograd
+            selection off (direct convs only) and on (direct, F(2x2,3x3), F(4x4,3x3) per layer, fastest within
+            tolerance), so the latency the selection buys is measured, with the per-layer choices.
 
-    python benchmarks/tvm_speed.py [--trials 128] [--time-s 540] [--out /tmp/tvm_speed]
+    python benchmarks/tvm_speed.py [--cases ppocr,winograd] [--trials 440] [--time-s 840] [--out /tmp/tvm_speed]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
 import real_models  # noqa: E402
@@ -24,18 +33,41 @@ from accelopt.targets import get_target  # noqa: E402
 from accelopt.targets.onnxruntime import OrtRunner  # noqa: E402
 from accelopt.targets.tvm.frontend import graph_inputs  # noqa: E402
 
-SHAPE = [1, 3, 48, 192]
+PPOCR_SHAPE = [1, 3, 48, 192]
 
 
-def _pinned(path: Path, tmp: Path):
-    """The model with input x pinned to SHAPE and simplified, as the tvm-cpu recipe's fix-shapes and simplify
-    steps leave it: Relax cannot import PP-OCR's Shape -> Concat -> Reshape subgraph, onnxsim folds it."""
-    model = load_model(path)
-    for dim, size in zip(graph_inputs(model)[0].type.tensor_type.shape.dim, SHAPE):
+def _recipe_steps(model: onnx.ModelProto, tmp: Path) -> onnx.ModelProto:
+    """simplify and fuse as tvm-cpu runs them (fuse's ORT level is off for a TVM target): Relax cannot import
+    PP-OCR's Shape -> Concat -> Reshape subgraph, onnxsim folds it; fuse folds BatchNorm into the convs."""
+    for step, config in (("simplify", {}), ("fuse", {"ort": "off"})):
+        cls = get_pass(step)
+        model = cls().apply(model, cls.Config(**config), PassContext(tmp_dir=tmp))
+    return model
+
+
+def ppocr(tmp: Path) -> onnx.ModelProto:
+    model = load_model(Path(real_models.fetch_ppocr_cls()))
+    for dim, size in zip(graph_inputs(model)[0].type.tensor_type.shape.dim, PPOCR_SHAPE):
         dim.Clear()
         dim.dim_value = size
-    simplify = get_pass("simplify")
-    return simplify().apply(model, simplify.Config(), PassContext(tmp_dir=tmp))
+    return _recipe_steps(model, tmp)
+
+
+def conv_stack(tmp: Path, channels: int = 64, size: int = 32, layers: int = 3) -> onnx.ModelProto:
+    """Conv 3x3 + Relu layers with He-scaled weights: the shape Winograd is for."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers + 1):
+        c_in = 3 if i == 0 else channels
+        w = rng.standard_normal((channels, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    graph = helper.make_graph(nodes, "conv_stack", [helper.make_tensor_value_info("x", 1, [1, 3, size, size])],
+                              [helper.make_tensor_value_info(x, 1, [1, channels, size, size])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,37 +75,59 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--trials", type=int, default=128)
-    ap.add_argument("--time-s", type=float, default=540)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/tvm_speed"))
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model = _pinned(Path(real_models.fetch_ppocr_cls()), args.out)
+def _compare(model: onnx.ModelProto, builds: dict[str, dict], out: Path, runs: int) -> None:
+    """Lower each build, check it against ORT, then time them all side by side."""
     name = graph_inputs(model)[0].name
-    feeds = {name: np.random.default_rng(0).random(SHAPE, dtype=np.float32)}
+    shape = [d.dim_value for d in graph_inputs(model)[0].type.tensor_type.shape.dim]
+    feeds = {name: np.random.default_rng(0).random(shape, dtype=np.float32)}
     ort = OrtRunner(model, threads=1)
     ref = next(iter(ort.run(feeds).values()))
-    builds = {
-        "tvm-untuned": {"threads": 1},
-        "tvm-tuned": {"threads": 1, "tuning": {"trials": args.trials, "time_s": args.time_s,
-                                               "database": str(args.out / "db")}},
-        "tvm-from-db": {"threads": 1, "tuning": {"trials": 0, "database": str(args.out / "db")}},
-    }
     runners = {"ort": ort}
     for label, options in builds.items():
         target = get_target("tvm", options)
-        (args.out / label).mkdir(parents=True, exist_ok=True)
-        artifact = target.lower(model, args.out / label)
+        start = time.perf_counter()
+        artifact = target.lower(model, out / label)
         runners[label] = target.runner(artifact, threads=1)
-        print(f"{label}: built in {artifact.meta['seconds']} s, cosine vs ORT "
-              f"{_cosine(next(iter(runners[label].run(feeds).values())), ref):.6f}", flush=True)
-    stats = side_by_side(runners, feeds, warmup=5, runs=30)
+        cosine = _cosine(next(iter(runners[label].run(feeds).values())), ref)
+        print(f"{label}: lowered in {time.perf_counter() - start:.0f} s, cosine vs ORT {cosine:.6f}", flush=True)
+        for row in artifact.meta.get("winograd", []):
+            print(f"  winograd {row['shape']} {row['nodes']}: {row['choice']}  " + "  ".join(
+                f"{k} {v:.3g}" for k, v in row.items() if k.endswith(("_ms", "_error")) and v is not None))
+    stats = side_by_side(runners, feeds, warmup=5, runs=runs)
     base = stats["ort"].median_ms
     for label, s in stats.items():
-        print(f"{label:12s} {s.median_ms:9.3f} ms  p90 {s.p90_ms:9.3f}  {s.threads} thread(s)  "
-              f"{s.median_ms / base:7.2f}x ORT latency")
+        print(f"{label:22s} {s.median_ms:9.3f} ms  p90 {s.p90_ms:9.3f}  {s.threads} thread(s)  "
+              f"{s.median_ms / base:6.2f}x ORT latency")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="ppocr,winograd")
+    ap.add_argument("--trials", type=int, default=440, help="tuning budget of the tuned ppocr build")
+    ap.add_argument("--time-s", type=float, default=840, help="tuning time limit of the tuned ppocr build")
+    ap.add_argument("--winograd-trials", type=int, default=96, help="budget of each winograd-case build")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/tvm_speed"))
+    args = ap.parse_args()
+    for case in args.cases.split(","):
+        out = args.out / case
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"== {case}", flush=True)
+        if case == "ppocr":
+            db = str(out / "db")
+            _compare(ppocr(out), {
+                "tvm-untuned": {"threads": 1},
+                "tvm-tuned": {"threads": 1, "tuning": {"trials": args.trials, "time_s": args.time_s, "database": db}},
+                "tvm-from-database": {"threads": 1, "tuning": {"trials": 0, "database": db}},
+            }, out, args.runs)
+        elif case == "winograd":
+            budget = {"trials": args.winograd_trials, "time_s": args.time_s}
+            _compare(conv_stack(out), {
+                "tvm-direct-only": {"threads": 1, "tuning": {**budget, "winograd": None}},
+                "tvm-winograd-selected": {"threads": 1, "tuning": budget},
+            }, out, args.runs)
+        else:
+            ap.error(f"unknown case {case!r}: ppocr, winograd")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from accelopt import pipeline
 from accelopt.cli.console import err, out, print_json, table, verdict, warn
 from accelopt.errors import EXIT_GATE_FAILED
 from accelopt.recipes.schema import dump_yaml, load_recipe
-from accelopt.report import COLUMNS, WATERFALL, fmt, step_notes, step_rows, waterfall_rows
+from accelopt.report import (COLUMNS, WATERFALL, fmt, lowering_log, lowering_tables, step_notes, step_rows,
+                             waterfall_rows)
 
 
 def convert(
@@ -50,8 +51,15 @@ def convert(
 
 
 def _progress_events(progress: Progress, task: Any, name: str):
+    target_task = None
+
     def on_event(kind: str, info: dict[str, Any]) -> None:
-        if kind == "stage":
+        nonlocal target_task
+        if kind == "target_progress":  # e.g. TVM tuning: trials done of the budget, best time so far
+            if target_task is None:
+                target_task = progress.add_task(info["description"], total=info["total"])
+            progress.update(target_task, completed=info["done"], total=info["total"], description=info["description"])
+        elif kind == "stage":
             progress.update(task, description=f"{name}: {info['name']}")
             if info["name"].startswith("target"):
                 progress.advance(task)
@@ -83,6 +91,10 @@ def render(report: dict[str, Any], output: Path) -> None:
                           verdict(g["passed"], detail=g["reason"])] for g in report["gates"])))
     for name, note in step_notes(report):  # decisions in words, e.g. why quantize kept the float model
         out.print(f"note: {name}: {note}", markup=False)
+    for line in lowering_log(report):
+        out.print(f"target: {line}", markup=False)
+    for title, header, rows in lowering_tables(report):
+        out.print(table(f"{report['target']['name']}: {title}", header, rows))
     for w in report["warnings"]:
         warn(w)
     for a in report["artifacts"]:

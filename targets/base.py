@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -116,6 +117,12 @@ class Target(ABC):
 
     def __init__(self, config: TargetConfig | None = None):
         self.config = config if config is not None else self.Config()
+        # Set by the pipeline: progress and log lines of a long lowering (tuning) reach the CLI through it.
+        self.events: Callable[[str, dict[str, Any]], None] | None = None
+
+    def emit(self, kind: str, **info: Any) -> None:
+        if self.events is not None:
+            self.events(kind, info)
 
     @abstractmethod
     def check(self, model: onnx.ModelProto) -> list[Finding]:

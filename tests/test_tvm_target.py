@@ -75,23 +75,27 @@ def test_untuned_lower_runs_like_ort(tmp_path):
 @pytest.mark.skipif(os.environ.get("ACCELOPT_SLOW") != "1",
                     reason="tunes with MetaSchedule: about 6 minutes on 2 cores; ACCELOPT_SLOW=1 runs it")
 def test_tuning_writes_a_database_that_trials_0_reuses(tmp_path):
-    model = models.conv_stack(channels=8, size=8, layers=1)
+    model = models.conv_stack(channels=16, size=8, layers=1)  # conv1 is Winograd-eligible
     shared = tmp_path / "db"
-    tuned = get_target("tvm", {"threads": 1, "tuning": {"trials": 6, "database": str(shared)}})
+    tuned = get_target("tvm", {"threads": 1, "tuning": {"trials": 14, "database": str(shared)}})
     first = tuned.lower(model, tmp_path / "a")
     assert tvm_tune.has_database(tmp_path / "a") and tvm_tune.has_database(shared)
     assert first.meta["tuned"] and first.meta["kernels_tuned"] >= 1
-    assert any("trials" in m for m in first.meta["log"])
+    assert any("trials measured" in m for m in first.meta["log"])
+    [row] = first.meta["winograd"]  # one eligible shape, each algorithm tuned and its error measured
+    assert row["nodes"] == ["conv1"] and row["choice"] in ("direct", "f2", "f4")
+    assert all(row[f"{a}_ms"] > 0 and row[f"{a}_error"] < 1e-5 for a in ("direct", "f2", "f4")), row
 
     reuse = get_target("tvm", {"threads": 1, "tuning": {"trials": 0, "database": str(shared)}})
     second = reuse.lower(model, tmp_path / "b")
     assert not any("tvm tuning:" in m for m in second.meta["log"])  # no tuning ran
     assert second.meta["kernels_tuned"] == first.meta["kernels_tuned"]
+    assert second.meta["winograd"] == first.meta["winograd"]  # the choice is read back from the database
     a, b = (t.runner(art, threads=1).run(_x8())["y"] for t, art in ((tuned, first), (reuse, second)))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert _cosine(a, OrtRunner(model, threads=1).run(_x8())["y"]) >= 0.9999
 
-    other = models.conv_stack(channels=4, size=8, layers=1)  # other shapes: no workload matches
+    other = models.conv_stack(channels=8, size=8, layers=1)  # other shapes: no workload matches
     with pytest.raises(Exception, match="has no records for this model"):
         reuse.lower(other, tmp_path / "c")
 
@@ -117,7 +121,7 @@ def test_interrupted_database_keeps_complete_lines(tmp_path):
     (tmp_path / tvm_tune.WORKLOADS).write_text('["1", "abc"]\n')
     (tmp_path / tvm_tune.RECORDS).write_text('[0, [[], [0.001], {}, []]]\n[0, [[], [0.0005')
     tvm_tune.repair(tmp_path)
-    assert tvm_tune.progress(tmp_path) == (1, 1, pytest.approx(1.0))
+    assert tvm_tune.progress_of(tmp_path) == (1, 1, pytest.approx(1.0))
 
 
 def test_cli_convert_with_tvm_recipe_passes_validation(cli, tmp_path):

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from accelopt.targets import register_target
 from accelopt.targets.base import Artifact, Finding, Target, TargetConfig
 from accelopt.targets.tvm.env import host_cores, require_tvm
+from accelopt.targets.tvm.remote import parse_tracker
+from accelopt.targets.tvm.winograd import WinogradConfig
 
 
 class TuningConfig(BaseModel):
@@ -24,6 +26,9 @@ class TuningConfig(BaseModel):
         None, description="trials per fused kernel (default: trials spread evenly over the kernels)")
     time_s: PositiveFloat | None = Field(None, description="stop tuning after this many seconds, keeping the records")
     database: Path | None = Field(None, description="folder with a JSON tuning database to reuse and update")
+    winograd: WinogradConfig | None = Field(
+        default_factory=WinogradConfig,
+        description="per-layer choice of direct, F(2x2,3x3) or F(4x4,3x3) by tuned latency; null: direct only")
 
 
 class TvmTargetConfig(TargetConfig):
@@ -31,6 +36,17 @@ class TvmTargetConfig(TargetConfig):
     num_cores: PositiveInt | None = Field(None, description="cores the kernels parallelize over; default: threads")
     threads: PositiveInt | None = Field(None, description="TVM_NUM_THREADS for tuning and running; default: all cores")
     tuning: TuningConfig | None = Field(None, description="MetaSchedule budget; null builds untuned (slow on CPU)")
+    tracker: str | None = Field(None, description="HOST:PORT of a TVM RPC tracker: tune and run on the devices "
+                                                  "registered there under `key` instead of this host")
+    key: str | None = Field(None, description="the device key servers registered with at the tracker")
+
+    @model_validator(mode="after")
+    def _tracker_and_key(self):
+        if (self.tracker is None) != (self.key is None):
+            raise ValueError("tracker and key go together: give both or neither")
+        if self.tracker is not None:
+            parse_tracker(self.tracker)
+        return self
 
 
 def _stderr(message: str) -> None:
@@ -47,12 +63,20 @@ class TvmTarget(Target):
     def __init__(self, config: TvmTargetConfig | None = None):
         require_tvm()
         super().__init__(config)
-        self.log = _stderr  # targets get no pipeline context: progress goes to stderr and the artifact's meta
-        self.messages: list[str] = []
+        self.messages: list[str] = []  # what lowering said: the artifact's meta, hence the report
 
     def _log(self, message: str) -> None:
         self.messages.append(message)
-        self.log(message)
+        if self.events is None:  # called outside the pipeline (API, benchmarks)
+            _stderr(message)
+        else:
+            self.emit("log", step=f"target {self.name}", message=message)
+
+    def _progress(self, done: int, total: int, text: str) -> None:
+        if self.events is None:
+            _stderr(text)
+        else:
+            self.emit("target_progress", done=done, total=total, description=text)
 
     @property
     def threads(self) -> int:
@@ -70,7 +94,7 @@ class TvmTarget(Target):
         from accelopt.targets.tvm.check import check
 
         tuning = self.config.tuning is not None and self.config.tuning.trials > 0
-        return check(model, tuning)
+        return check(model, tuning, (self.config.tracker, self.config.key) if self.config.tracker else None)
 
     def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
         from accelopt.targets.tvm.lower import lower
@@ -79,11 +103,17 @@ class TvmTarget(Target):
         detected = [] if self.config.mcpu else [f"mcpu {target['mcpu']}"]
         detected += [] if self.config.threads else [f"threads {self.threads}"]
         self._log(f"tvm: target {target}" + (f" (detected {', '.join(detected)})" if detected else ""))
-        artifact = lower(model, Path(out_dir), target, self.threads, self.config.tuning, self._log)
+        tracker = (self.config.tracker, self.config.key) if self.config.tracker else None
+        artifact = lower(model, Path(out_dir), target, self.threads, self.config.tuning, self._log, tracker,
+                         self._progress)
         artifact.meta["log"] = self.messages
         return artifact
 
     def runner(self, artifact: Artifact, threads: int | None = None):
+        if self.config.tracker:
+            from accelopt.targets.tvm.remote import RemoteTvmRunner
+
+            return RemoteTvmRunner(artifact.path, self.config.tracker, self.config.key)
         from accelopt.targets.tvm.runner import TvmRunner
 
         return TvmRunner(artifact.path, threads=threads if threads is not None else self.config.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from accelopt.errors import ConversionError
 from accelopt.targets.base import Finding
 from accelopt.targets.tvm.env import cxx_compiler, ffi_problem
 from accelopt.targets.tvm.frontend import converters, graph_inputs
@@ -53,5 +54,18 @@ def toolchain(tuning: bool) -> list[Finding]:
     return findings
 
 
-def check(model: onnx.ModelProto, tuning: bool) -> list[Finding]:
-    return [*unsupported_ops(model, converters()), *unpinned_dims(model), *toolchain(tuning)]
+def remote(tracker: tuple[str, str] | None) -> list[Finding]:
+    """The tracker answers and has a server under the key (a request for an unknown key waits forever)."""
+    if tracker is None:
+        return []
+    from accelopt.targets.tvm.remote import check_tracker
+
+    try:
+        check_tracker(*tracker)
+    except ConversionError as e:
+        return [Finding("error", str(e))]
+    return []
+
+
+def check(model: onnx.ModelProto, tuning: bool, tracker: tuple[str, str] | None = None) -> list[Finding]:
+    return [*unsupported_ops(model, converters()), *unpinned_dims(model), *toolchain(tuning), *remote(tracker)]

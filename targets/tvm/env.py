@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import os
 import shutil
+import sys
 from importlib import metadata
 from types import ModuleType
 
@@ -15,6 +16,9 @@ from accelopt.errors import MissingExtraError
 # TVMScript calls inspect.stack() for each of the ~500 tensor intrinsics it parses on import, so
 # `import tvm.s_tir.tensor_intrin` (every MetaSchedule build worker does it) took 63 s instead of 4 s.
 _SOURCELESS_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<ast>", "<string>")
+# Tensor intrinsics for GPUs and DSPs: `import tvm.s_tir.tensor_intrin` parses them all as TVMScript (5 s of the
+# 11 s each tuning worker spent starting); CPU targets never look them up.
+_GPU_INTRINSICS = ("cuda", "rocm", "metal", "hexagon")
 # apache-tvm-ffi releases whose tvm.ir.save_json segfaults, killing every tuning run (notes §2).
 _BROKEN_FFI = ("0.1.15",)
 
@@ -29,6 +33,14 @@ def fast_inspect() -> None:
     """Map sourceless frames to a module up front so inspect.getmodule never scans sys.modules for them."""
     for name in _SOURCELESS_FRAMES:
         inspect.modulesbyfile.setdefault(name, "builtins")
+
+
+def cpu_worker_setup() -> None:
+    """Start-up of a CPU tuning process or worker: the inspect shortcut, and GPU intrinsics left unparsed."""
+    fast_inspect()
+    for name in _GPU_INTRINSICS:
+        module = f"tvm.s_tir.tensor_intrin.{name}"
+        sys.modules.setdefault(module, ModuleType(module))
 
 
 def import_tvm() -> ModuleType:

@@ -32,3 +32,27 @@ def import_onnx(model: onnx.ModelProto):
     from tvm.relax.frontend.onnx import from_onnx
 
     return from_onnx(model, shape_dict=static_shapes(model))
+
+
+def prepare(model: onnx.ModelProto, conv_algorithms: dict[str, str] | None = None):
+    """The Relax module that tuning, the database check and the build all start from (they must agree, or no
+    tuning record matches: notes §3 #9): imported, BatchNorm decomposed so it fuses into the conv before it,
+    and convs legalized with their chosen algorithm (winograd.legalizer)."""
+    import_tvm()
+    from tvm import relax
+
+    mod = relax.transform.DecomposeOpsForInference()(import_onnx(model))
+    if conv_algorithms:
+        from accelopt.targets.tvm.winograd import legalizer
+
+        mod = relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalizer(conv_algorithms)})(mod)
+    return mod
+
+
+def fused(mod, target):
+    """Legalized and fused (relax's "zero" pipeline): tuning tasks exist only after it (notes §3 #4); with a
+    database current it also applies the database to every fused kernel."""
+    from tvm import relax
+
+    with target:
+        return relax.get_pipeline("zero")(mod)

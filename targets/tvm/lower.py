@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from accelopt.errors import ConversionError, RecipeError, first_line
-from accelopt.targets.base import Artifact
-from accelopt.targets.tvm import tune
-from accelopt.targets.tvm.frontend import graph_inputs, import_onnx
+from accelopt.targets.base import Artifact, TensorSpec
+from accelopt.targets.tvm import tune, winograd
+from accelopt.targets.tvm.frontend import fused, graph_inputs, prepare
 
 LIBRARY = "model.so"
 IO_FILE = "model.json"
@@ -29,32 +30,44 @@ def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [spec(v) for v in graph_inputs(model)], "outputs": [spec(v) for v in model.graph.output]}
 
 
+def read_io(library: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs in the VM's order, from the IO_FILE that lower() writes next to the library."""
+    io = json.loads((Path(library).parent / IO_FILE).read_text())
+
+    def specs(kind: str) -> list[TensorSpec]:
+        return [TensorSpec(s["name"], s["shape"], np.dtype(s["dtype"])) for s in io[kind]]
+
+    return specs("inputs"), specs("outputs")
+
+
 def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads: int, tuning: Any,
-          log: Callable[[str], None]) -> Artifact:
+          log: Callable[[str], None], tracker: tuple[str, str] | None = None,
+          progress: Callable[[int, int, str], None] | None = None) -> Artifact:
     """Write the artifact; `tuning` None builds untuned (slow on CPU: no fusion, no schedules, notes §3 #3)."""
     import tvm
-    from tvm import relax
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"target": target, "threads": threads, "tuned": False}
     start = time.perf_counter()
-    mod = import_onnx(model)
-    db_dir = None
-    if tuning is not None:
-        db_dir = out_dir
-        meta.update(_tune(model, target, threads, tuning, out_dir, log))
     tvm_target = tvm.target.Target(target)
-    if db_dir is not None:
-        from tvm.s_tir import meta_schedule as ms
-
-        database = ms.database.JSONDatabase(work_dir=str(db_dir))
-        with tvm_target, database, tvm.transform.PassContext(opt_level=3):
-            mod = relax.get_pipeline("zero")(mod)  # fuses, then applies the database to every fused kernel
-        exe = tvm.compile(mod, target=tvm_target)
-    else:
+    choices: dict[str, str] = {}
+    if tuning is None:
         log("tvm: untuned build: CPU kernels get no schedule and run far slower than onnxruntime; "
             "set target.options.tuning.trials to tune")
+        exe = tvm.compile(prepare(model), target=tvm_target)
+    else:
+        layers, algorithms = _winograd_plan(model, tuning, log)
+        variants = [{layer.key: a for layer in layers} for a in algorithms] if layers else []
+        _tune(model, target, threads, tuning, out_dir, variants, log, tracker, progress)
+        database = tune.load_database(out_dir)
+        if layers:
+            choices = _winograd_choice(model, target, layers, algorithms, variants, database, tuning, log)
+            meta["winograd"] = [winograd.row(layer, algorithms) for layer in layers]
+        mod = prepare(model, choices)
+        meta.update(_coverage(mod, tvm_target, database, tuning, out_dir, log))
+        with tvm_target, database, tvm.transform.PassContext(opt_level=3):
+            mod = fused(mod, tvm_target)  # applies the database to every fused kernel
         exe = tvm.compile(mod, target=tvm_target)
     library = out_dir / LIBRARY
     try:
@@ -64,14 +77,29 @@ def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads
                               f"{first_line(e)}") from e
     meta["seconds"] = round(time.perf_counter() - start, 2)
     (out_dir / IO_FILE).write_text(json.dumps({**io_spec(model), **meta}, indent=2))
-    files = [library, out_dir / IO_FILE, *(tune.database_files(out_dir) if db_dir is not None else [])]
+    files = [library, out_dir / IO_FILE, *(tune.database_files(out_dir) if tuning is not None else [])]
     return Artifact(path=library, files=files, kind="tvm", meta=meta)
 
 
+def _winograd_plan(model: onnx.ModelProto, tuning: Any, log: Callable[[str], None]):
+    """Eligible conv shapes and the algorithms to tune for each (direct first)."""
+    if tuning.winograd is None:
+        return [], ["direct"]
+    layers = winograd.eligible(model, tuning.winograd)
+    algorithms = ["direct", *(f"f{t}" for t in winograd.default_tiles(model, tuning.winograd))]
+    if layers:
+        log(f"tvm winograd: {sum(len(layer.nodes) for layer in layers)} conv(s) in {len(layers)} shape(s) eligible; "
+            f"tuning {', '.join(algorithms)} for each with the same budget")
+    else:
+        log("tvm winograd: no eligible conv (3x3, stride 1, dilation 1, one group, "
+            f">= {tuning.winograd.min_channels} channels, >= {tuning.winograd.min_size} px)")
+    return layers, algorithms
+
+
 def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: Any, out_dir: Path,
-          log: Callable[[str], None]) -> dict[str, Any]:
-    """Seed out_dir with `tuning.database`, tune `tuning.trials` (0: reuse only), check the records apply,
-    and copy the database back to `tuning.database`."""
+          variants: list[dict[str, str]], log: Callable[[str], None], tracker: tuple[str, str] | None,
+          progress: Callable[[int, int, str], None] | None) -> None:
+    """Seed out_dir with `tuning.database`, tune `tuning.trials` (0: reuse only) and copy the database back."""
     shared = Path(tuning.database) if tuning.database else None
     if shared is not None and tune.has_database(shared) and shared.resolve() != out_dir.resolve():
         for path in tune.database_files(shared):
@@ -80,39 +108,56 @@ def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: 
         raise RecipeError(f"tvm: tuning.trials is 0 but there is no tuning database in "
                           f"{shared or 'tuning.database (unset)'}: give one from an earlier run, or trials > 0")
     if tuning.trials > 0:
-        log(f"tvm tuning: {tuning.trials} trials on {target}, {threads} thread(s)"
+        where = f" measured on '{tracker[1]}' via the tracker at {tracker[0]}" if tracker else ""
+        log(f"tvm tuning: {tuning.trials} trials on {target}, {threads} thread(s){where}"
             + (f", at most {tuning.time_s:g} s" if tuning.time_s else ""))
         tune.tune(model, target, out_dir, trials=tuning.trials, per_task=tuning.per_task, time_s=tuning.time_s,
-                  threads=threads, log=log)
-    covered, total = coverage(model, target, out_dir)
-    if covered == 0 and tuning.trials > 0:
-        raise ConversionError(f"tvm: tuning measured no candidate within its budget ({tuning.trials} trials, "
-                              f"time_s {tuning.time_s}): raise tuning.time_s, or build untuned with tuning: null")
-    if covered == 0:
-        raise ConversionError(f"tvm: the tuning database in {shared or out_dir} has no records for this model on "
-                              f"{target} (records are keyed by the structural hash of each fused kernel: another "
-                              "model, other shapes or another target match nothing); tune with trials > 0")
-    if covered < total:
-        log(f"tvm: the database covers {covered} of {total} kernels; the rest run untuned")
+                  threads=threads, log=log, variants=variants, tracker=tracker, progress=progress)
     if shared is not None and shared.resolve() != out_dir.resolve():
         shared.mkdir(parents=True, exist_ok=True)
         for path in tune.database_files(out_dir):
             shutil.copy2(path, shared / path.name)
-    trials, _, best = tune.progress(out_dir)
-    return {"tuned": True, "trials_in_database": trials, "kernels_tuned": covered, "kernels": total,
-            "tuned_kernels_sum_ms": best}
 
 
-def coverage(model: onnx.ModelProto, target: dict[str, Any], db_dir: Path) -> tuple[int, int]:
-    """Fused kernels of `model` with a tuning record in the database, and the total."""
+def _winograd_choice(model: onnx.ModelProto, target: dict[str, Any], layers: list, algorithms: list[str],
+                     variants: list[dict[str, str]], database: Any, tuning: Any,
+                     log: Callable[[str], None]) -> dict[str, str]:
+    """Each conv shape's algorithm: the fastest tuned one whose error is within tolerance. Read from the
+    database, so a rebuild with trials 0 makes the same choice without tuning."""
     import tvm
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
     tvm_target = tvm.target.Target(target)
-    with tvm_target:
-        fused = relax.get_pipeline("zero")(import_onnx(model))
-    database = ms.database.JSONDatabase(work_dir=str(db_dir))
-    tasks = ms.relax_integration.extract_tasks(fused, tvm_target)
+    winograd.measure(layers, tune.task_groups(model, tvm_target, variants), database, tvm_target)
+    for layer in layers:
+        for algorithm in algorithms:
+            if algorithm in layer.latency_ms:
+                layer.error[algorithm] = winograd.layer_error(layer, algorithm, target)
+    winograd.choose(layers, algorithms, tuning.winograd.tolerance)
+    for layer in layers:
+        log(f"tvm winograd: {layer.key} ({', '.join(layer.nodes)}): {layer.choice}; " + ", ".join(
+            f"{a} {layer.latency_ms[a]:.3f} ms err {layer.error[a]:.1e}" if a in layer.latency_ms else f"{a} not measured"
+            for a in algorithms))
+    return {layer.key: layer.choice for layer in layers}
+
+
+def _coverage(mod: Any, tvm_target: Any, database: Any, tuning: Any, db_dir: Path,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Fused kernels of the final module with a record; none at all is an error, since the build would be
+    the untuned one the user did not ask for."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(fused(mod, tvm_target), tvm_target)
     covered = sum(database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is not None for t in tasks)
-    return covered, len(tasks)
+    if covered == 0 and tuning.trials > 0:
+        raise ConversionError(f"tvm: tuning measured no candidate within its budget ({tuning.trials} trials, "
+                              f"time_s {tuning.time_s}): raise tuning.time_s, or build untuned with tuning: null")
+    if covered == 0:
+        raise ConversionError(f"tvm: the tuning database in {tuning.database or 'the output folder'} has no records "
+                              f"for this model on {tvm_target} (records are keyed by the structural hash of each "
+                              "fused kernel: another model, other shapes or another target match nothing); "
+                              "tune with trials > 0")
+    if covered < len(tasks):
+        log(f"tvm: the database covers {covered} of {len(tasks)} kernels; the rest run untuned")
+    trials, _, best = tune.progress_of(db_dir)
+    return {"tuned": True, "trials_in_database": trials, "kernels_tuned": covered, "kernels": len(tasks),
+            "tuned_kernels_sum_ms": best}

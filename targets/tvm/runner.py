@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from accelopt.errors import BadInputError, ConversionError, first_line
-from accelopt.targets.base import LatencyStats, TensorSpec
+from accelopt.targets.base import LatencyStats
 from accelopt.targets.tvm.env import import_tvm
-from accelopt.targets.tvm.lower import IO_FILE
+from accelopt.targets.tvm.lower import read_io
 
 
 class TvmRunner:
@@ -22,9 +21,7 @@ class TvmRunner:
         from tvm import relax
 
         library = Path(library)
-        io = json.loads((library.parent / IO_FILE).read_text())
-        self.inputs = [TensorSpec(s["name"], s["shape"], np.dtype(s["dtype"])) for s in io["inputs"]]
-        self.outputs = [TensorSpec(s["name"], s["shape"], np.dtype(s["dtype"])) for s in io["outputs"]]
+        self.inputs, self.outputs = read_io(library)
         if threads is not None:
             tvm.get_global_func("runtime.config_threadpool")(1, threads)
         self.threads = int(tvm.runtime.num_threads())

@@ -26,6 +26,8 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 _POLL_S = 2.0
 _FAILED_RUN_S = 1e9  # MetaSchedule records a failed build or run as 1e10 s
+_POOL_BATCHES = 16
+_BUILD_TIMEOUT_S = 60
 
 
 def database_files(folder: Path) -> list[Path]:
@@ -36,7 +38,7 @@ def has_database(folder: Path) -> bool:
     return all(p.is_file() for p in database_files(folder))
 
 
-def progress(folder: Path) -> tuple[int, int, float | None]:
+def progress_of(folder: Path) -> tuple[int, int, float | None]:
     """Trials recorded, kernels with a working schedule, and the sum of each kernel's best time (ms)."""
     best: dict[int, float] = {}
     trials = 0
@@ -63,6 +65,15 @@ def _lines(path: Path) -> list[str]:
     return good
 
 
+def load_database(folder: Path):
+    """The JSON database in `folder`, with any line an interrupted run left half-written dropped."""
+    from tvm.s_tir import meta_schedule as ms
+
+    repair(folder)
+    return ms.database.JSONDatabase(path_workload=str(Path(folder) / WORKLOADS),
+                                    path_tuning_record=str(Path(folder) / RECORDS))
+
+
 def repair(folder: Path) -> None:
     """Drop truncated lines so JSONDatabase can load what an interrupted run committed."""
     for path in database_files(folder):
@@ -71,19 +82,22 @@ def repair(folder: Path) -> None:
 
 
 def tune(model: onnx.ModelProto, target: dict[str, Any], db_dir: Path, *, trials: int, per_task: int | None,
-         time_s: float | None, threads: int, log: Callable[[str], None]) -> None:
+         time_s: float | None, threads: int, log: Callable[[str], None],
+         variants: list[dict[str, str]] | None = None, tracker: tuple[str, str] | None = None,
+         progress: Callable[[int, int, str], None] | None = None) -> None:
     """Tune `model` into the JSON database in `db_dir` (records already there seed the search)."""
     with tempfile.TemporaryDirectory(prefix="accelopt-tvm-tune-") as tmp:
         job = Path(tmp) / "job.json"
         onnx.save(model, str(Path(tmp) / "model.onnx"))
         job.write_text(json.dumps({"model": str(Path(tmp) / "model.onnx"), "target": target, "db_dir": str(db_dir),
-                                   "work_dir": tmp, "trials": trials, "per_task": per_task}))
+                                   "work_dir": tmp, "trials": trials, "per_task": per_task,
+                                   "variants": variants or [], "tracker": list(tracker) if tracker else None}))
         env = {**os.environ, "TVM_NUM_THREADS": str(threads)}  # measure with the deployment thread count
         with open(Path(tmp) / "child.log", "w") as out:
             child = subprocess.Popen([sys.executable, "-m", "accelopt.targets.tvm.tune", str(job)], env=env,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                _watch(child, db_dir, trials, time_s, log)
+                _watch(child, db_dir, trials, time_s, log, progress or (lambda done, total, text: log(text)))
             finally:
                 _end_group(child)
         repair(db_dir)
@@ -93,22 +107,26 @@ def tune(model: onnx.ModelProto, target: dict[str, Any], db_dir: Path, *, trials
             raise ConversionError(f"tvm tuning failed: {_child_error(Path(tmp) / 'child.log', child.returncode)}")
 
 
-def _watch(child: subprocess.Popen, db_dir: Path, trials: int, time_s: float | None,
-           log: Callable[[str], None]) -> None:
-    """Log progress while the child tunes; stop it at the time limit."""
-    start, shown = time.monotonic(), -1
+def _watch(child: subprocess.Popen, db_dir: Path, trials: int, time_s: float | None, log: Callable[[str], None],
+           progress: Callable[[int, int, str], None]) -> None:
+    """Report progress while the child tunes (trials recorded, sum of the best time of each measured kernel);
+    stop it at the time limit."""
+    start, shown, done = time.monotonic(), -1, 0
+    seeded = progress_of(db_dir)[0]  # records of an earlier run that seeds this one
     while child.poll() is None:
         time.sleep(_POLL_S)
         elapsed = time.monotonic() - start
-        done, kernels, best = progress(db_dir)
+        recorded, kernels, best = progress_of(db_dir)
+        done = recorded - seeded
         if done != shown:
             shown = done
-            best_text = f", best kernels sum {best:.3f} ms ({kernels} kernels)" if best is not None else ""
-            log(f"tvm tuning: {done}/{trials} trials, {elapsed:.0f} s{best_text}")
+            best_text = f", best {best:.3f} ms over {kernels} kernel(s)" if best is not None else ""
+            progress(done, trials, f"tvm tuning: {done}/{trials} trials, {elapsed:.0f} s{best_text}")
         if time_s is not None and elapsed > time_s and child.poll() is None:
             log(f"tvm tuning: time limit {time_s:g} s reached after {done} trials; keeping the records so far")
             child.timed_out = True  # type: ignore[attr-defined]
             return
+    log(f"tvm tuning: {progress_of(db_dir)[0] - seeded} trials measured in {time.monotonic() - start:.0f} s")
 
 
 def _end_group(child: subprocess.Popen) -> None:
@@ -139,35 +157,90 @@ def _child_error(log_path: Path, code: int) -> str:
     return (lines[-1][:300] if lines else f"exit code {code}")
 
 
-def _run_job(job: dict[str, Any]) -> None:
-    """The child: import, legalize + fuse (tasks exist only after that, notes §3 #4), tune_relax."""
-    from accelopt.targets.tvm.env import fast_inspect, import_tvm
-    from accelopt.targets.tvm.frontend import import_onnx
-
-    tvm = import_tvm()
-    from tvm import relax
+def task_groups(model: onnx.ModelProto, target, variants: list[dict[str, str]]) -> list[list]:
+    """Tuning tasks: every kernel of the first variant (direct convs), then for each Winograd variant the convs it
+    changes. Each group is tuned by its own scheduler: one scheduler over direct and Winograd tasks together
+    failed in TVM 0.27 ("The block no longer exists in the IRModule"), one per group does not."""
     from tvm.s_tir import meta_schedule as ms
 
+    from accelopt.targets.tvm.frontend import fused, prepare
+    from accelopt.targets.tvm.winograd import kernel_of
+
+    groups = []
+    for i, choices in enumerate(variants or [{}]):
+        tasks = ms.relax_integration.extract_tasks(fused(prepare(model, choices), target), target)
+        groups.append([t for t in tasks if i == 0 or (kernel_of(t.task_name) or ("direct",))[0] != "direct"])
+    return [g for g in groups if g]
+
+
+def _pooled_builder(workers: int):
+    """A MetaSchedule builder whose worker pool lives across iterations. LocalBuilder starts a fresh pool for
+    every batch (for a memory leak in long-lived workers), and each worker spends 6-11 s importing TVM: on a
+    model with ~50 kernels that start-up, not building, was the tuning budget. The pool is renewed every
+    _POOL_BATCHES batches instead."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    from accelopt.targets.tvm.env import cpu_worker_setup
+
+    @derived_object
+    class PooledBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool, self.batches = None, 0
+
+        def build(self, build_inputs):
+            if self.pool is None or self.batches >= _POOL_BATCHES:
+                if self.pool is not None:
+                    self.pool.shutdown()
+                self.pool = PopenPoolExecutor(max_workers=workers, timeout=_BUILD_TIMEOUT_S,
+                                              initializer=cpu_worker_setup)
+                self.batches = 0
+            self.batches += 1
+            jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+            return [BuilderResult(r.value, None) if r.status == StatusKind.COMPLETE
+                    else BuilderResult(None, f"build {r.status.name.lower()}: {r.value}")
+                    for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+
+    return PooledBuilder()
+
+
+def _run_job(job: dict[str, Any]) -> None:
+    """The child: extract the tasks, spread the budget, tune them into the JSON database."""
+    from accelopt.targets.tvm.env import cpu_worker_setup, import_tvm
+
+    cpu_worker_setup()
+    tvm = import_tvm()
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
     target = tvm.target.Target(job["target"])
-    mod = import_onnx(onnx.load(job["model"]))
-    with target:
-        fused = relax.get_pipeline("zero")(mod)
-    tasks = len(ms.relax_integration.extract_tasks(fused, target))
+    groups = task_groups(onnx.load(job["model"]), target, job["variants"])
     # Trials per kernel: the budget spread over every kernel unless the recipe says otherwise (an untuned
-    # kernel has no schedule at all). Candidates per iteration: each iteration starts fresh build and run
-    # worker pools (seconds each), so batches of one spent the budget on start-up (0 trials in 420 s on
-    # PP-OCR); up to 32 at a time, fewer only when a kernel's share is smaller.
-    per_task = job["per_task"] or max(1, math.ceil(job["trials"] / max(tasks, 1)))
-    per_iter = max(1, min(32, per_task))
-    db_dir = Path(job["db_dir"])
-    database = ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOADS), path_tuning_record=str(db_dir / RECORDS))
-    ms.relax_integration.tune_relax(
-        mod=fused, params={}, target=target, work_dir=job["work_dir"], database=database,
-        max_trials_global=job["trials"], max_trials_per_task=per_task, num_trials_per_iter=per_iter,
-        builder=ms.builder.LocalBuilder(max_workers=os.cpu_count(), initializer=fast_inspect),
-        runner=ms.runner.LocalRunner(initializer=fast_inspect, evaluator_config=ms.runner.EvaluatorConfig(
-            number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)),
-        cost_model="xgb", strategy="evolutionary", seed=0)
+    # kernel has no schedule at all). Candidates per iteration: up to 32, fewer when a kernel's share is smaller.
+    per_task = job["per_task"] or max(1, math.ceil(job["trials"] / sum(len(g) for g in groups)))
+    database = load_database(Path(job["db_dir"]))
+    builder = _pooled_builder(os.cpu_count() or 1)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if job["tracker"]:  # measured on the devices registered under the key (notes §11); builds stay here
+        from accelopt.targets.tvm.remote import check_tracker, rpc_runner
+
+        address, key = job["tracker"]
+        runner = rpc_runner(address, key, check_tracker(address, key), evaluator, initializer=cpu_worker_setup)
+    else:
+        runner = ms.runner.LocalRunner(initializer=cpu_worker_setup, evaluator_config=evaluator)
+    for tasks in groups:
+        # The evolutionary search's defaults (population 512, 4 generations) spent ~20 s per iteration on 2 cores
+        # choosing 32 candidates; 128 and 2 take ~3 s, and small budgets measure few candidates anyway.
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2,
+                                                         init_min_unmeasured=64)
+        contexts, weights = extracted_tasks_to_tune_contexts(tasks, job["work_dir"], strategy=strategy, seed=0)
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=job["work_dir"],
+                      max_trials_global=per_task * len(tasks), max_trials_per_task=per_task,
+                      num_trials_per_iter=max(1, min(32, per_task)), builder=builder, runner=runner,
+                      database=database, cost_model="xgb")
 
 
 if __name__ == "__main__":
