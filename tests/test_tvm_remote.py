@@ -96,6 +96,7 @@ def test_remote_runner_matches_ort(tmp_path, tracker):
     assert np.abs(out - OrtRunner(model, threads=1).run(feeds)["y"]).max() < 1e-4
     stats = runner.bench(feeds, warmup=1, runs=5)
     assert stats.runs == 5 and stats.median_ms > 0 and stats.threads == 1
+    runner.close()  # frees the loopback's only server for the next test
 
 
 @pytest.mark.skipif(os.environ.get("ACCELOPT_SLOW") != "1",
@@ -109,7 +110,7 @@ def test_target_tunes_and_runs_through_the_tracker(tmp_path, tracker):
 
     model = models.conv_stack(channels=8, size=8, layers=1)
     target = get_target("tvm", {"threads": 1, "tracker": tracker, "key": KEY,
-                                "tuning": {"trials": 4, "winograd": None}})
+                                "tuning": {"trials": 4, "time_s": 300, "winograd": None}})
     assert target.check(model) == []
     artifact = target.lower(model, tmp_path)
     trials, kernels, best = progress_of(tmp_path)

@@ -5,6 +5,7 @@ tests and benchmarks use in place of a board. TVM is imported inside the functio
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -116,6 +117,12 @@ class RemoteTvmRunner:
             raise ConversionError(f"tvm could not load {library.name} on '{key}' at {tracker}: "
                                   f"{first_line(e, 300)}") from e
         self._tvm = tvm
+
+    def close(self) -> None:
+        """End the session now: the server serves one session at a time, and tuning or another runner waits in
+        the tracker's queue until this one ends (the VM's references would otherwise keep it to the next gc)."""
+        self._vm = self._dev = self._remote = None
+        gc.collect()
 
     def _set_input(self, feeds: dict[str, np.ndarray]) -> None:
         """Copy the inputs to the device; the stateful VM calls work over RPC for any number of outputs."""

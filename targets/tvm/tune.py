@@ -218,9 +218,12 @@ def _run_job(job: dict[str, Any]) -> None:
 
     target = tvm.target.Target(job["target"])
     groups = task_groups(onnx.load(job["model"]), target, job["variants"])
-    # Trials per kernel: the budget spread over every kernel unless the recipe says otherwise (an untuned
-    # kernel has no schedule at all). Candidates per iteration: up to 32, fewer when a kernel's share is smaller.
-    per_task = job["per_task"] or max(1, math.ceil(job["trials"] / sum(len(g) for g in groups)))
+    # Every kernel needs some trials (an untuned one has no schedule at all): the first round gives each half
+    # its even share of the budget, and the gradient scheduler spends the rest where the weighted latency can
+    # still drop, up to 4 shares per kernel (the heavy convs; a reshape needs no second round).
+    share = max(1, math.ceil(job["trials"] / sum(len(g) for g in groups)))
+    per_task = job["per_task"] or 4 * share
+    per_iter = max(1, min(32, share // 2 if job["per_task"] is None and share >= 8 else share))
     database = load_database(Path(job["db_dir"]))
     builder = _pooled_builder(os.cpu_count() or 1)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
@@ -238,8 +241,8 @@ def _run_job(job: dict[str, Any]) -> None:
                                                          init_min_unmeasured=64)
         contexts, weights = extracted_tasks_to_tune_contexts(tasks, job["work_dir"], strategy=strategy, seed=0)
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=job["work_dir"],
-                      max_trials_global=per_task * len(tasks), max_trials_per_task=per_task,
-                      num_trials_per_iter=max(1, min(32, per_task)), builder=builder, runner=runner,
+                      max_trials_global=share * len(tasks), max_trials_per_task=per_task,
+                      num_trials_per_iter=per_iter, builder=builder, runner=runner,
                       database=database, cost_model="xgb")
 
 
