@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench bench-quantize bench-prune clean
+.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-quantize: $(VENV)/.dev
 bench-prune: $(VENV)/.dev
 	$(PIP) install -q scikit-image
 	$(PY) benchmarks/prune_speed.py
+
+## bench-tvm: TVM (untuned, tuned ~11 min, rebuilt from the database; Winograd on/off) vs ORT, side by side
+bench-tvm: $(VENV)/.dev
+	$(PIP) install -q -e '.[tvm]'
+	$(PY) benchmarks/tvm_speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
