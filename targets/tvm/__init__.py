@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -36,6 +36,9 @@ class TvmTargetConfig(TargetConfig):
     num_cores: PositiveInt | None = Field(None, description="cores the kernels parallelize over; default: threads")
     threads: PositiveInt | None = Field(None, description="TVM_NUM_THREADS for tuning and running; default: all cores")
     tuning: TuningConfig | None = Field(None, description="MetaSchedule budget; null builds untuned (slow on CPU)")
+    int8: Literal["auto", "on", "off"] = Field(
+        "auto", description="QDQ convs/matmuls as int8 kernels (VNNI-tensorizable): auto = on AVX-512 VNNI targets "
+                            "only (on AVX2 they measured slower than dequantize + float)")
     tracker: str | None = Field(None, description="HOST:PORT of a TVM RPC tracker: tune and run on the devices "
                                                   "registered there under `key` instead of this host")
     key: str | None = Field(None, description="the device key servers registered with at the tracker")
@@ -105,7 +108,7 @@ class TvmTarget(Target):
         self._log(f"tvm: target {target}" + (f" (detected {', '.join(detected)})" if detected else ""))
         tracker = (self.config.tracker, self.config.key) if self.config.tracker else None
         artifact = lower(model, Path(out_dir), target, self.threads, self.config.tuning, self._log, tracker,
-                         self._progress)
+                         self._progress, self.config.int8)
         artifact.meta["log"] = self.messages
         return artifact
 

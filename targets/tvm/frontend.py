@@ -34,14 +34,20 @@ def import_onnx(model: onnx.ModelProto):
     return from_onnx(model, shape_dict=static_shapes(model))
 
 
-def prepare(model: onnx.ModelProto, conv_algorithms: dict[str, str] | None = None):
+def prepare(model: onnx.ModelProto, conv_algorithms: dict[str, str] | None = None, integer: bool = False):
     """The Relax module that tuning, the database check and the build all start from (they must agree, or no
-    tuning record matches: notes §3 #9): imported, BatchNorm decomposed so it fuses into the conv before it,
-    and convs legalized with their chosen algorithm (winograd.legalizer)."""
+    tuning record matches: notes §3 #9): imported, QDQ convs/matmuls as int8 kernels when `integer`
+    (integer.integer_ops), BatchNorm decomposed so it fuses into the conv before it, and convs legalized with
+    their chosen algorithm (winograd.legalizer)."""
     import_tvm()
     from tvm import relax
 
-    mod = relax.transform.DecomposeOpsForInference()(import_onnx(model))
+    mod = import_onnx(model)
+    if integer:
+        from accelopt.targets.tvm.integer import integer_ops
+
+        mod, _ = integer_ops(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
     if conv_algorithms:
         from accelopt.targets.tvm.winograd import legalizer
 

@@ -15,7 +15,7 @@ import onnx
 from accelopt.errors import ConversionError, RecipeError, first_line
 from accelopt.targets.base import Artifact, TensorSpec
 from accelopt.targets.tvm import tune, winograd
-from accelopt.targets.tvm.frontend import fused, graph_inputs, prepare
+from accelopt.targets.tvm.frontend import fused, graph_inputs, import_onnx, prepare
 
 LIBRARY = "model.so"
 IO_FILE = "model.json"
@@ -42,7 +42,7 @@ def read_io(library: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads: int, tuning: Any,
           log: Callable[[str], None], tracker: tuple[str, str] | None = None,
-          progress: Callable[[int, int, str], None] | None = None) -> Artifact:
+          progress: Callable[[int, int, str], None] | None = None, int8: str = "auto") -> Artifact:
     """Write the artifact; `tuning` None builds untuned (slow on CPU: no fusion, no schedules, notes §3 #3)."""
     import tvm
 
@@ -52,19 +52,20 @@ def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads
     start = time.perf_counter()
     tvm_target = tvm.target.Target(target)
     choices: dict[str, str] = {}
+    integer = _int8_plan(model, tvm_target, int8, meta, log)
     if tuning is None:
         log("tvm: untuned build: CPU kernels get no schedule and run far slower than onnxruntime; "
             "set target.options.tuning.trials to tune")
-        exe = tvm.compile(prepare(model), target=tvm_target)
+        exe = tvm.compile(prepare(model, integer=integer), target=tvm_target)
     else:
         layers, algorithms = _winograd_plan(model, tuning, log)
         variants = [{layer.key: a for layer in layers} for a in algorithms] if layers else []
-        _tune(model, target, threads, tuning, out_dir, variants, log, tracker, progress)
+        _tune(model, target, threads, tuning, out_dir, variants, log, tracker, progress, integer)
         database = tune.load_database(out_dir)
         if layers:
-            choices = _winograd_choice(model, target, layers, algorithms, variants, database, tuning, log)
+            choices = _winograd_choice(model, target, layers, algorithms, variants, database, tuning, log, integer)
             meta["winograd"] = [winograd.row(layer, algorithms) for layer in layers]
-        mod = prepare(model, choices)
+        mod = prepare(model, choices, integer)
         meta.update(_coverage(mod, tvm_target, database, tuning, out_dir, log))
         with tvm_target, database, tvm.transform.PassContext(opt_level=3):
             mod = fused(mod, tvm_target)  # applies the database to every fused kernel
@@ -79,6 +80,35 @@ def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads
     (out_dir / IO_FILE).write_text(json.dumps({**io_spec(model), **meta}, indent=2))
     files = [library, out_dir / IO_FILE, *(tune.database_files(out_dir) if tuning is not None else [])]
     return Artifact(path=library, files=files, kind="tvm", meta=meta)
+
+
+def _int8_plan(model: onnx.ModelProto, tvm_target: Any, mode: str, meta: dict[str, Any],
+               log: Callable[[str], None]) -> bool:
+    """Whether QDQ convs/matmuls become int8 kernels, said in the log and the report's int8 table. "auto" lowers
+    them for AVX-512 VNNI targets only: on AVX2 (no u8 x s8 dot product) the tuned int8 convs measured slower
+    than float, and AVX-VNNI-only targets crash LLVM with the 512-bit intrinsic."""
+    if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return False
+    from accelopt.targets.tvm.integer import fix_vnni_intrinsic, has_avx512_vnni, integer_ops, vnni_applies
+
+    stats = integer_ops(import_onnx(model))[1]
+    vnni = has_avx512_vnni(tvm_target)
+    integer = mode == "on" or (mode == "auto" and vnni)
+    row: dict[str, Any] = {"qdq_ops": stats.total, "int8_ops": sum(stats.lowered.values()) if integer else 0,
+                           "kept_float": dict(stats.kept_float), "target_avx512_vnni": vnni}
+    if integer:
+        fix_vnni_intrinsic()  # replaying a tuning record re-runs the tensorize step
+        applied = vnni_applies(fused(prepare(model, integer=True), tvm_target), tvm_target)
+        # int8 kernels with a reduction (conv, matmul): the ones VNNI can serve, not the u8 pad/layout kernels
+        row.update(int8_kernels=applied["int8_tiled_tasks"], vnni_kernels=applied["vnni_tasks"])
+        log(f"tvm int8: {stats.summary()}; VNNI tensorizes {applied['vnni_tasks']} of {row['int8_kernels']} int8 "
+            f"conv/matmul kernels on {tvm_target.attrs.get('mcpu', 'this target')}")
+    else:
+        log(f"tvm int8: {stats.total} QDQ conv/matmul op(s) run as dequantize + float ("
+            + ("int8: off" if mode == "off" else "no AVX-512 VNNI on this target: int8 kernels measured slower "
+               "than float on AVX2; int8: on forces them") + ")")
+    meta["int8"] = [row]
+    return integer
 
 
 def _winograd_plan(model: onnx.ModelProto, tuning: Any, log: Callable[[str], None]):
@@ -98,7 +128,7 @@ def _winograd_plan(model: onnx.ModelProto, tuning: Any, log: Callable[[str], Non
 
 def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: Any, out_dir: Path,
           variants: list[dict[str, str]], log: Callable[[str], None], tracker: tuple[str, str] | None,
-          progress: Callable[[int, int, str], None] | None) -> None:
+          progress: Callable[[int, int, str], None] | None, integer: bool) -> None:
     """Seed out_dir with `tuning.database`, tune `tuning.trials` (0: reuse only) and copy the database back."""
     shared = Path(tuning.database) if tuning.database else None
     if shared is not None and tune.has_database(shared) and shared.resolve() != out_dir.resolve():
@@ -112,7 +142,8 @@ def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: 
         log(f"tvm tuning: {tuning.trials} trials on {target}, {threads} thread(s){where}"
             + (f", at most {tuning.time_s:g} s" if tuning.time_s else ""))
         tune.tune(model, target, out_dir, trials=tuning.trials, per_task=tuning.per_task, time_s=tuning.time_s,
-                  threads=threads, log=log, variants=variants, tracker=tracker, progress=progress)
+                  threads=threads, log=log, variants=variants, tracker=tracker, progress=progress,
+                  integer=integer)
     if shared is not None and shared.resolve() != out_dir.resolve():
         shared.mkdir(parents=True, exist_ok=True)
         for path in tune.database_files(out_dir):
@@ -121,13 +152,13 @@ def _tune(model: onnx.ModelProto, target: dict[str, Any], threads: int, tuning: 
 
 def _winograd_choice(model: onnx.ModelProto, target: dict[str, Any], layers: list, algorithms: list[str],
                      variants: list[dict[str, str]], database: Any, tuning: Any,
-                     log: Callable[[str], None]) -> dict[str, str]:
+                     log: Callable[[str], None], integer: bool) -> dict[str, str]:
     """Each conv shape's algorithm: the fastest tuned one whose error is within tolerance. Read from the
     database, so a rebuild with trials 0 makes the same choice without tuning."""
     import tvm
 
     tvm_target = tvm.target.Target(target)
-    winograd.measure(layers, tune.task_groups(model, tvm_target, variants), database, tvm_target)
+    winograd.measure(layers, tune.task_groups(model, tvm_target, variants, integer), database, tvm_target)
     for layer in layers:
         for algorithm in algorithms:
             if algorithm in layer.latency_ms:

@@ -84,14 +84,15 @@ def repair(folder: Path) -> None:
 def tune(model: onnx.ModelProto, target: dict[str, Any], db_dir: Path, *, trials: int, per_task: int | None,
          time_s: float | None, threads: int, log: Callable[[str], None],
          variants: list[dict[str, str]] | None = None, tracker: tuple[str, str] | None = None,
-         progress: Callable[[int, int, str], None] | None = None) -> None:
+         progress: Callable[[int, int, str], None] | None = None, integer: bool = False) -> None:
     """Tune `model` into the JSON database in `db_dir` (records already there seed the search)."""
     with tempfile.TemporaryDirectory(prefix="accelopt-tvm-tune-") as tmp:
         job = Path(tmp) / "job.json"
         onnx.save(model, str(Path(tmp) / "model.onnx"))
         job.write_text(json.dumps({"model": str(Path(tmp) / "model.onnx"), "target": target, "db_dir": str(db_dir),
                                    "work_dir": tmp, "trials": trials, "per_task": per_task,
-                                   "variants": variants or [], "tracker": list(tracker) if tracker else None}))
+                                   "variants": variants or [], "tracker": list(tracker) if tracker else None,
+                                   "integer": integer}))
         env = {**os.environ, "TVM_NUM_THREADS": str(threads)}  # measure with the deployment thread count
         with open(Path(tmp) / "child.log", "w") as out:
             child = subprocess.Popen([sys.executable, "-m", "accelopt.targets.tvm.tune", str(job)], env=env,
@@ -157,7 +158,7 @@ def _child_error(log_path: Path, code: int) -> str:
     return (lines[-1][:300] if lines else f"exit code {code}")
 
 
-def task_groups(model: onnx.ModelProto, target, variants: list[dict[str, str]]) -> list[list]:
+def task_groups(model: onnx.ModelProto, target, variants: list[dict[str, str]], integer: bool = False) -> list[list]:
     """Tuning tasks: every kernel of the first variant (direct convs), then for each Winograd variant the convs it
     changes. Each group is tuned by its own scheduler: one scheduler over direct and Winograd tasks together
     failed in TVM 0.27 ("The block no longer exists in the IRModule"), one per group does not."""
@@ -168,7 +169,7 @@ def task_groups(model: onnx.ModelProto, target, variants: list[dict[str, str]]) 
 
     groups = []
     for i, choices in enumerate(variants or [{}]):
-        tasks = ms.relax_integration.extract_tasks(fused(prepare(model, choices), target), target)
+        tasks = ms.relax_integration.extract_tasks(fused(prepare(model, choices, integer), target), target)
         groups.append([t for t in tasks if i == 0 or (kernel_of(t.task_name) or ("direct",))[0] != "direct"])
     return [g for g in groups if g]
 
@@ -217,7 +218,11 @@ def _run_job(job: dict[str, Any]) -> None:
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
     target = tvm.target.Target(job["target"])
-    groups = task_groups(onnx.load(job["model"]), target, job["variants"])
+    if job["integer"]:
+        from accelopt.targets.tvm.integer import fix_vnni_intrinsic
+
+        fix_vnni_intrinsic()  # the tensorize postprocessor copies the intrinsic into each candidate
+    groups = task_groups(onnx.load(job["model"]), target, job["variants"], job["integer"])
     # Every kernel needs some trials (an untuned one has no schedule at all): the first round gives each half
     # its even share of the budget, and the gradient scheduler spends the rest where the weighted latency can
     # still drop, up to 4 shares per kernel (the heavy convs; a reshape needs no second round).
