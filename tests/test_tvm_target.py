@@ -135,3 +135,22 @@ def test_cli_convert_with_tvm_recipe_passes_validation(cli, tmp_path):
     assert report["final"]["worst"]["cosine"] >= 0.9999
     assert {a["path"] for a in report["artifacts"]} == {tvm_lower.LIBRARY, tvm_lower.IO_FILE}
     assert report["final"]["latency"]["threads"] == 1
+
+
+def test_cuda_target_builds_here_and_is_not_run_without_a_gpu(tmp_path):
+    """No GPU in CI or on this machine: the build for sm_80 is checked (it needs nvcc), running it is not."""
+    import shutil
+
+    model = models.conv_stack()
+    no_arch = get_target("tvm", {"device": "cuda"})
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is visible: this test is about a machine without one")
+    [finding] = [f for f in no_arch.check(model) if "cuda" in f.message]
+    assert "no CUDA GPU is visible" in finding.message and "arch" in finding.message
+    if shutil.which("nvcc") is None:
+        pytest.skip("building CUDA kernels needs nvcc")
+    target = get_target("tvm", {"device": "cuda", "arch": "sm_80"})
+    artifact = target.lower(model, tmp_path)
+    assert artifact.path.stat().st_size > 0 and artifact.meta["target"]["kind"] == "cuda"
+    assert any("DLight" in line for line in artifact.meta["log"])
+    assert target.runner(artifact) is None  # the pipeline then says the artifact was not run

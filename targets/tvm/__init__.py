@@ -12,6 +12,7 @@ from typing import Any, Literal
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from accelopt.errors import AccelError
 from accelopt.targets import register_target
 from accelopt.targets.base import Artifact, Finding, Target, TargetConfig
 from accelopt.targets.tvm.env import host_cores, require_tvm
@@ -32,6 +33,9 @@ class TuningConfig(BaseModel):
 
 
 class TvmTargetConfig(TargetConfig):
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cpu: kernels for the LLVM CPU below; cuda: an NVIDIA "
+                                                              "GPU (DLight schedules untuned, MetaSchedule tuned)")
+    arch: str | None = Field(None, description="CUDA arch (sm_80, sm_90...); default: GPU 0's")
     mcpu: str | None = Field(None, description="LLVM CPU name (znver4, skylake-avx512...); default: this host's")
     num_cores: PositiveInt | None = Field(None, description="cores the kernels parallelize over; default: threads")
     threads: PositiveInt | None = Field(None, description="TVM_NUM_THREADS for tuning and running; default: all cores")
@@ -59,7 +63,7 @@ def _stderr(message: str) -> None:
 @register_target
 class TvmTarget(Target):
     name = "tvm"
-    summary = "Apache TVM 0.27 on the host CPU: Relax import, MetaSchedule tuning, a model.so (needs [tvm])"
+    summary = "Apache TVM 0.27 for the host CPU or a CUDA GPU: Relax import, MetaSchedule tuning, a model.so (needs [tvm])"
     Config = TvmTargetConfig
     config: TvmTargetConfig
 
@@ -85,25 +89,31 @@ class TvmTarget(Target):
     def threads(self) -> int:
         return self.config.threads or host_cores()
 
-    def llvm_target(self) -> dict[str, Any]:
-        """The JSON-dict target (notes §1); mcpu detected from the host unless given."""
-        from accelopt.targets.tvm.env import host_mcpu, import_tvm
+    def tvm_target(self) -> dict[str, Any]:
+        """The JSON-dict target (notes §1): the host CPU (mcpu detected unless given), or a CUDA GPU with the
+        host CPU for the code around its kernels."""
+        from accelopt.targets.tvm.env import cuda_arch, host_mcpu, import_tvm
 
         import_tvm()
-        return {"kind": "llvm", "mcpu": self.config.mcpu or host_mcpu(),
+        host = {"kind": "llvm", "mcpu": self.config.mcpu or host_mcpu(),
                 "num-cores": self.config.num_cores or self.threads}
+        if self.config.device == "cpu":
+            return host
+        return {"kind": "cuda", "arch": self.config.arch or cuda_arch(), "host": host}
 
     def check(self, model: onnx.ModelProto) -> list[Finding]:
         from accelopt.targets.tvm.check import check
 
         tuning = self.config.tuning is not None and self.config.tuning.trials > 0
-        return check(model, tuning, (self.config.tracker, self.config.key) if self.config.tracker else None)
+        return check(model, tuning, (self.config.tracker, self.config.key) if self.config.tracker else None,
+                     self.config.device == "cuda" and self.config.arch is None)
 
     def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
         from accelopt.targets.tvm.lower import lower
 
-        target = self.llvm_target()
-        detected = [] if self.config.mcpu else [f"mcpu {target['mcpu']}"]
+        target = self.tvm_target()
+        detected = [] if self.config.mcpu else [f"mcpu {target.get('host', target)['mcpu']}"]
+        detected += [f"arch {target['arch']}"] if self.config.device == "cuda" and not self.config.arch else []
         detected += [] if self.config.threads else [f"threads {self.threads}"]
         self._log(f"tvm: target {target}" + (f" (detected {', '.join(detected)})" if detected else ""))
         tracker = (self.config.tracker, self.config.key) if self.config.tracker else None
@@ -117,9 +127,16 @@ class TvmTarget(Target):
             from accelopt.targets.tvm.remote import RemoteTvmRunner
 
             return RemoteTvmRunner(artifact.path, self.config.tracker, self.config.key)
+        from accelopt.targets.tvm.env import import_tvm
         from accelopt.targets.tvm.runner import TvmRunner
 
+        if self.config.device == "cuda" and not import_tvm().cuda(0).exist:
+            return None  # built for a GPU this machine does not have: the pipeline says it was not run
         return TvmRunner(artifact.path, threads=threads if threads is not None else self.config.threads)
 
     def capabilities(self) -> dict[str, Any]:
-        return {"layout": "NCHW", "target": self.llvm_target(), "threads": self.threads}
+        try:
+            target = self.tvm_target()
+        except AccelError as e:  # a GPU target with nothing to detect its arch from
+            target = {"error": str(e)}
+        return {"layout": "NCHW", "target": target, "threads": self.threads}

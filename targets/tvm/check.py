@@ -67,5 +67,20 @@ def remote(tracker: tuple[str, str] | None) -> list[Finding]:
     return []
 
 
-def check(model: onnx.ModelProto, tuning: bool, tracker: tuple[str, str] | None = None) -> list[Finding]:
-    return [*unsupported_ops(model, converters()), *unpinned_dims(model), *toolchain(tuning), *remote(tracker)]
+def gpu(detect_arch: bool) -> list[Finding]:
+    """A cuda target without an arch needs a GPU to read it from."""
+    if not detect_arch:
+        return []
+    from accelopt.targets.tvm.env import cuda_arch
+
+    try:
+        cuda_arch()
+    except ConversionError as e:
+        return [Finding("error", str(e))]
+    return []
+
+
+def check(model: onnx.ModelProto, tuning: bool, tracker: tuple[str, str] | None = None,
+          detect_arch: bool = False) -> list[Finding]:
+    return [*unsupported_ops(model, converters()), *unpinned_dims(model), *toolchain(tuning), *remote(tracker),
+            *gpu(detect_arch)]

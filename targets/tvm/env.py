@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 from types import ModuleType
 
-from accelopt.errors import MissingExtraError
+from accelopt.errors import ConversionError, MissingExtraError
 
 # Frames of the import machinery: `inspect.getmodule` scans every loaded module for each of them, and
 # TVMScript calls inspect.stack() for each of the ~500 tensor intrinsics it parses on import, so
@@ -64,6 +64,17 @@ def host_mcpu() -> str:
     from tvm.target.codegen import llvm_get_system_cpu
 
     return str(llvm_get_system_cpu())
+
+
+def cuda_arch() -> str:
+    """GPU 0's CUDA arch (sm_XY), for a cuda target that does not name one."""
+    import tvm
+
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise ConversionError("tvm device cuda: no CUDA GPU is visible to TVM here; give target.options.arch "
+                              "(e.g. sm_90) to build for one without it")
+    return "sm_" + str(device.compute_version).replace(".", "")
 
 
 def cxx_compiler() -> str | None:

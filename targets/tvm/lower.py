@@ -40,6 +40,11 @@ def read_io(library: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return specs("inputs"), specs("outputs")
 
 
+def device_kind(library: Path) -> str:
+    """"llvm" or "cuda": where the library's kernels run, from the IO_FILE next to it."""
+    return json.loads((Path(library).parent / IO_FILE).read_text())["target"]["kind"]
+
+
 def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads: int, tuning: Any,
           log: Callable[[str], None], tracker: tuple[str, str] | None = None,
           progress: Callable[[int, int, str], None] | None = None, int8: str = "auto") -> Artifact:
@@ -52,13 +57,15 @@ def lower(model: onnx.ModelProto, out_dir: Path, target: dict[str, Any], threads
     start = time.perf_counter()
     tvm_target = tvm.target.Target(target)
     choices: dict[str, str] = {}
-    integer = _int8_plan(model, tvm_target, int8, meta, log)
+    cpu = target["kind"] == "llvm"
+    integer = cpu and _int8_plan(model, tvm_target, int8, meta, log)
     if tuning is None:
         log("tvm: untuned build: CPU kernels get no schedule and run far slower than onnxruntime; "
-            "set target.options.tuning.trials to tune")
+            "set target.options.tuning.trials to tune" if cpu else
+            "tvm: untuned build: DLight's default GPU schedules; set target.options.tuning.trials to tune")
         exe = tvm.compile(prepare(model, integer=integer), target=tvm_target)
     else:
-        layers, algorithms = _winograd_plan(model, tuning, log)
+        layers, algorithms = _winograd_plan(model, tuning, log) if cpu else ([], ["direct"])
         variants = [{layer.key: a for layer in layers} for a in algorithms] if layers else []
         _tune(model, target, threads, tuning, out_dir, variants, log, tracker, progress, integer)
         database = tune.load_database(out_dir)

@@ -25,7 +25,7 @@ import numpy as np
 from accelopt.errors import BadInputError, ConversionError, RecipeError, first_line
 from accelopt.targets.base import LatencyStats
 from accelopt.targets.tvm.env import import_tvm
-from accelopt.targets.tvm.lower import read_io
+from accelopt.targets.tvm.lower import device_kind, read_io
 
 # RPCConfig's 10 s default bounds the whole measurement (queueing, upload, run): too short for a slow board.
 SESSION_TIMEOUT_S = 60
@@ -110,7 +110,7 @@ class RemoteTvmRunner:
         try:
             self._remote = rpc.connect_tracker(*parse_tracker(tracker)).request(key)
             self._remote.upload(str(library))  # into the session's temp folder, removed when the session ends
-            self._dev = self._remote.cpu()
+            self._dev = self._remote.cuda() if device_kind(library) == "cuda" else self._remote.cpu()
             self._vm = relax.VirtualMachine(self._remote.load_module(library.name), self._dev)
             self.threads = int(self._remote.get_function("runtime.NumThreads")())
         except Exception as e:  # RuntimeError from the tracker, TVMError from the server

@@ -10,7 +10,7 @@ import numpy as np
 from accelopt.errors import BadInputError, ConversionError, first_line
 from accelopt.targets.base import LatencyStats
 from accelopt.targets.tvm.env import import_tvm
-from accelopt.targets.tvm.lower import read_io
+from accelopt.targets.tvm.lower import device_kind, read_io
 
 
 class TvmRunner:
@@ -26,7 +26,7 @@ class TvmRunner:
             tvm.get_global_func("runtime.config_threadpool")(1, threads)
         self.threads = int(tvm.runtime.num_threads())
         self._tvm = tvm
-        self._dev = tvm.cpu(0)
+        self._dev = tvm.cuda(0) if device_kind(library) == "cuda" else tvm.cpu(0)
         self._main = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._dev)["main"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -174,7 +174,7 @@ def task_groups(model: onnx.ModelProto, target, variants: list[dict[str, str]], 
     return [g for g in groups if g]
 
 
-def _pooled_builder(workers: int):
+def _pooled_builder(workers: int, initializer: Callable[[], None]):
     """A MetaSchedule builder whose worker pool lives across iterations. LocalBuilder starts a fresh pool for
     every batch (for a memory leak in long-lived workers), and each worker spends 6-11 s importing TVM: on a
     model with ~50 kernels that start-up, not building, was the tuning budget. The pool is renewed every
@@ -183,8 +183,6 @@ def _pooled_builder(workers: int):
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
-
-    from accelopt.targets.tvm.env import cpu_worker_setup
 
     @derived_object
     class PooledBuilder(PyBuilder):
@@ -197,7 +195,7 @@ def _pooled_builder(workers: int):
                 if self.pool is not None:
                     self.pool.shutdown()
                 self.pool = PopenPoolExecutor(max_workers=workers, timeout=_BUILD_TIMEOUT_S,
-                                              initializer=cpu_worker_setup)
+                                              initializer=initializer)
                 self.batches = 0
             self.batches += 1
             jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
@@ -210,9 +208,10 @@ def _pooled_builder(workers: int):
 
 def _run_job(job: dict[str, Any]) -> None:
     """The child: extract the tasks, spread the budget, tune them into the JSON database."""
-    from accelopt.targets.tvm.env import cpu_worker_setup, import_tvm
+    from accelopt.targets.tvm.env import cpu_worker_setup, fast_inspect, import_tvm
 
-    cpu_worker_setup()
+    setup = cpu_worker_setup if job["target"]["kind"] == "llvm" else fast_inspect  # GPUs need their intrinsics
+    setup()
     tvm = import_tvm()
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -230,15 +229,15 @@ def _run_job(job: dict[str, Any]) -> None:
     per_task = job["per_task"] or 4 * share
     per_iter = max(1, min(32, share // 2 if job["per_task"] is None and share >= 8 else share))
     database = load_database(Path(job["db_dir"]))
-    builder = _pooled_builder(os.cpu_count() or 1)
+    builder = _pooled_builder(os.cpu_count() or 1, setup)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     if job["tracker"]:  # measured on the devices registered under the key (notes §11); builds stay here
         from accelopt.targets.tvm.remote import check_tracker, rpc_runner
 
         address, key = job["tracker"]
-        runner = rpc_runner(address, key, check_tracker(address, key), evaluator, initializer=cpu_worker_setup)
+        runner = rpc_runner(address, key, check_tracker(address, key), evaluator, initializer=setup)
     else:
-        runner = ms.runner.LocalRunner(initializer=cpu_worker_setup, evaluator_config=evaluator)
+        runner = ms.runner.LocalRunner(initializer=setup, evaluator_config=evaluator)
     for tasks in groups:
         # The evolutionary search's defaults (population 512, 4 generations) spent ~20 s per iteration on 2 cores
         # choosing 32 candidates; 128 and 2 take ~3 s, and small budgets measure few candidates anyway.
