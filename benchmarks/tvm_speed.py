@@ -8,8 +8,11 @@ Cases:
   winograd  a 3x3 conv stack (stem 3->64, then 64->64 x 3 at 32x32): the same tuning budget with Winograd
             selection off (direct convs only) and on (direct, F(2x2,3x3), F(4x4,3x3) per layer, fastest within
             tolerance), so the latency the selection buys is measured, with the per-layer choices.
+  int8      the same stack quantized by accelopt's quantize step (static QDQ): TVM with the QDQ ops as
+            dequantize + float (int8: off) and as int8 kernels (int8: on), same budget, next to ORT's QDQ
+            model. On AVX2 hosts there is no u8 x s8 dot instruction; on AVX-512 VNNI hosts int8 is the default.
 
-    python benchmarks/tvm_speed.py [--cases ppocr,winograd] [--trials 440] [--time-s 840] [--out /tmp/tvm_speed]
+    python benchmarks/tvm_speed.py [--cases ppocr,winograd,int8] [--trials 440] [--time-s 840] [--out /tmp/tvm_speed]
 """
 
 from __future__ import annotations
@@ -70,6 +73,19 @@ def conv_stack(tmp: Path, channels: int = 64, size: int = 32, layers: int = 3) -
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def quantized_stack(tmp: Path) -> onnx.ModelProto:
+    """conv_stack through the quantize step (static QDQ, calibrated on 32 random inputs)."""
+    from types import SimpleNamespace
+
+    from accelopt.data import Dataset
+
+    calibration = np.random.default_rng(1).random((32, 3, 32, 32), dtype=np.float32)
+    quantize = get_pass("quantize")
+    ort_cpu = SimpleNamespace(name="onnxruntime", capabilities=lambda: {"int8": True, "cpu_flags": []})
+    ctx = PassContext(tmp_dir=tmp, target=ort_cpu, calibration=Dataset({"x": calibration}, None, "random"))
+    return quantize().apply(conv_stack(tmp), quantize.Config(speed_guard=False), ctx)
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -126,8 +142,14 @@ def main() -> None:
                 "tvm-direct-only": {"threads": 1, "tuning": {**budget, "winograd": None}},
                 "tvm-winograd-selected": {"threads": 1, "tuning": budget},
             }, out, args.runs)
+        elif case == "int8":
+            budget = {"trials": args.winograd_trials, "time_s": args.time_s}
+            _compare(quantized_stack(out), {
+                "tvm-qdq-as-float": {"threads": 1, "int8": "off", "tuning": budget},
+                "tvm-int8-kernels": {"threads": 1, "int8": "on", "tuning": budget},
+            }, out, args.runs)
         else:
-            ap.error(f"unknown case {case!r}: ppocr, winograd")
+            ap.error(f"unknown case {case!r}: ppocr, winograd, int8")
 
 
 if __name__ == "__main__":

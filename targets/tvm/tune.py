@@ -7,7 +7,6 @@ Run as `python -m accelopt.targets.tvm.tune JOB.json` by `tune()`; nothing else 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -225,7 +224,7 @@ def _run_job(job: dict[str, Any]) -> None:
     # Every kernel needs some trials (an untuned one has no schedule at all): the first round gives each half
     # its even share of the budget, and the gradient scheduler spends the rest where the weighted latency can
     # still drop, up to 4 shares per kernel (the heavy convs; a reshape needs no second round).
-    share = max(1, math.ceil(job["trials"] / sum(len(g) for g in groups)))
+    share = max(1, job["trials"] // sum(len(g) for g in groups))  # at least one trial for every kernel
     per_task = job["per_task"] or 4 * share
     per_iter = max(1, min(32, share // 2 if job["per_task"] is None and share >= 8 else share))
     database = load_database(Path(job["db_dir"]))
