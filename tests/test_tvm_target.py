@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -154,3 +155,21 @@ def test_cuda_target_builds_here_and_is_not_run_without_a_gpu(tmp_path):
     assert artifact.path.stat().st_size > 0 and artifact.meta["target"]["kind"] == "cuda"
     assert any("DLight" in line for line in artifact.meta["log"])
     assert target.runner(artifact) is None  # the pipeline then says the artifact was not run
+
+
+@pytest.mark.parametrize("stop", ["time limit", "ctrl-c"])
+def test_tuning_leaves_no_process_behind(tmp_path, monkeypatch, stop):
+    """The tuner and its build/run workers go with it: at the time limit, and on Ctrl-C in the parent."""
+    psutil = pytest.importorskip("psutil")
+    from accelopt.errors import ConversionError
+
+    if stop == "ctrl-c":
+        def interrupted(child, *args):
+            time.sleep(3)  # the child is importing TVM and starting its workers
+            raise KeyboardInterrupt
+        monkeypatch.setattr(tvm_tune, "_watch", interrupted)
+    target = get_target("tvm", {"threads": 1, "tuning": {"trials": 1000, "time_s": 3, "winograd": None}})
+    with pytest.raises(KeyboardInterrupt if stop == "ctrl-c" else ConversionError):
+        target.lower(models.conv_stack(), tmp_path)  # nothing measured in 3 s: an error, not an untuned build
+    left = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    assert left == [], [p.cmdline() for p in left]
