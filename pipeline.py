@@ -237,6 +237,10 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     except ConversionError as e:
         raise BadInputError(f"{model_path}: onnxruntime cannot load the input model ({e})") from e
     evaluation, calibration = load_data(recipe, opts, ref_runner, warn)
+    if "calibration" in target.needs() and calibration is None:
+        raise BadInputError(f"target {target.name} with these options quantizes while lowering and needs "
+                            "calibration data: add data.calibration to the recipe or pass --data FILE.npz")
+    target.calibration = calibration
     probe = evaluation.take(min(recipe.validation.samples, len(evaluation)))
     summary = summarize(model, str(model_path), recipe.input.shapes or _sample_shapes(probe))
     _emit(opts, "stage", name="reference")
@@ -273,6 +277,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             current = outcome.model
 
         _emit(opts, "stage", name=f"target {target.name}")
+        precision = max(precision, target.output_precision(), key=PRECISION_ORDER.index)
         findings = target.check(current)
         errors = [f for f in findings if f.severity == "error"]
         if errors:

@@ -43,7 +43,8 @@ class FuseConfig(PassConfig):
                                 "bakes host-specific NCHWc layouts into the file")
     transformer: Literal["auto", "bert", "off"] = Field(
         "auto", description="onnxruntime.transformers fusions (Attention, SkipLayerNorm, Gelu); auto = only for "
-                            "graphs that look like a BERT-style encoder")
+                            "graphs that look like a BERT-style encoder, and only for the onnxruntime target (the "
+                            "fused ops are ORT-only)")
 
 
 # --- Conv + BatchNormalization -------------------------------------------------------------------------------
@@ -203,7 +204,8 @@ class Fuse(Pass):
         out, folded = fold_conv_bn(model) if config.conv_bn else (model, 0)
         ctx.decide("conv_bn_folded", folded)
         fusions: dict[str, int] = {}
-        if config.transformer == "bert" or (config.transformer == "auto" and looks_like_encoder(out)):
+        ort_target = getattr(ctx.target, "name", None) in (None, "onnxruntime")
+        if config.transformer == "bert" or (config.transformer == "auto" and ort_target and looks_like_encoder(out)):
             out, fusions = fuse_transformer(out)
         ctx.decide("transformer_fusions", fusions)
         level = _ort_level(config, ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,9 @@ class Target(ABC):
         self.config = config if config is not None else self.Config()
         # Set by the pipeline: progress and log lines of a long lowering (tuning) reach the CLI through it.
         self.events: Callable[[str, dict[str, Any]], None] | None = None
+        # Set by the pipeline before `lower` when the recipe has calibration data (accelopt.data.Dataset):
+        # targets that quantize while lowering (TFLite full-integer) calibrate on it.
+        self.calibration: Any = None
 
     def emit(self, kind: str, **info: Any) -> None:
         if self.events is not None:
@@ -136,6 +140,15 @@ class Target(ABC):
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner | None:
         """A runner for the artifact, or None when the runtime does not exist on this machine."""
 
+    def needs(self) -> set[str]:
+        """Data this configuration cannot lower without ("calibration"): checked before any work starts."""
+        return set()
+
+    def output_precision(self) -> str:
+        """The precision lowering itself produces (fp32 unless the target quantizes or narrows): the artifact
+        is checked with the tolerances of the least precise of it and the steps."""
+        return "fp32"
+
     def capabilities(self) -> dict[str, Any]:
         """Facts passes may use (int8 kernels, preferred layout, alignment multiple)."""
         return {}
@@ -145,6 +158,23 @@ class Target(ABC):
         """Per-kernel times from the runtime's own profiler, mapped to `model`'s nodes (`accelopt profile`);
         None when the target has no profiler."""
         return None
+
+
+def wall_clock_bench(runner: Runner, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
+    """Wall time per `runner.run` call (inputs in, outputs out), measured the way OrtRunner.bench does, so
+    runtimes without a profiler of their own are timed on equal terms."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        runner.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.run(feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    first = feeds[runner.inputs[0].name] if runner.inputs else None
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    return LatencyStats.from_times(times, batch=batch, threads=runner.threads, warmup=warmup)
 
 
 def run_all(runner: Runner, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, np.ndarray]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from accelopt.errors import BadInputError, ConversionError, first_line
-from accelopt.targets.base import LatencyStats
+from accelopt.targets.base import LatencyStats, wall_clock_bench
 from accelopt.targets.tvm.env import import_tvm
 from accelopt.targets.tvm.lower import device_kind, read_io
 
@@ -45,15 +44,4 @@ class TvmRunner:
 
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
         """Wall time per call, measured exactly like OrtRunner.bench (inputs copied in, outputs out)."""
-        if runs < 1:
-            raise ValueError(f"runs must be >= 1, got {runs}")
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.run(feeds)
-            times.append((time.perf_counter() - start) * 1000)
-        first = feeds[self.inputs[0].name] if self.inputs else None
-        batch = int(first.shape[0]) if first is not None and first.ndim else 1
-        return LatencyStats.from_times(times, batch=batch, threads=self.threads, warmup=warmup)
+        return wall_clock_bench(self, feeds, warmup, runs)

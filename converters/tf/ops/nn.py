@@ -1,0 +1,319 @@
+"""Neural-network ops: convolutions, pools and normalizations (channels-last), dense math, softmax.
+
+Convolution padding follows ONNX exactly: pads that TF's "SAME" reproduces use it, others become an explicit
+PAD before a VALID conv. Max pools never pad with -inf (it wrecks int8 ranges): asymmetric pads that "SAME"
+cannot express are an error instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from accelopt.converters.tf import load_tf as _tf
+from accelopt.converters.tf.registry import Node, handles
+
+
+def _spatial(node: Node, spatial: list[int], kernel: list[int], strides: list[int],
+             dilations: list[int]) -> list[tuple[int, int]]:
+    """(begin, end) padding per spatial dim, as ONNX defines it (auto_pad or pads)."""
+    n = len(spatial)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            pads.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+        return pads
+    if auto_pad == "VALID":
+        return [(0, 0)] * n
+    pads = node.attr("pads") or [0] * (2 * n)
+    return [(pads[i], pads[i + n]) for i in range(n)]
+
+
+def _same(spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[tuple[int, int]]:
+    """What TF's "SAME" pads (the extra pixel at the end, like SAME_UPPER)."""
+    out = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+def _padding(pads: list[tuple[int, int]], spatial, kernel, strides, dilations) -> str | None:
+    """"VALID" or "SAME" when one of them is exactly these pads, else None (pad explicitly)."""
+    if all(p == (0, 0) for p in pads):
+        return "VALID"
+    if pads == _same(spatial, kernel, strides, dilations):
+        return "SAME"
+    return None
+
+
+def _pad_last(x, pads: list[tuple[int, int]], value: float = 0.0):
+    tf = _tf()
+    return tf.pad(x, [[0, 0], *[list(p) for p in pads], [0, 0]], constant_values=value)
+
+
+def _ceil_pads(node: Node, spatial, kernel, strides, dilations, pads):
+    """ceil_mode: extra end padding so the last partial window counts, as ONNX computes the output size."""
+    if not node.attr("ceil_mode", 0):
+        return pads
+    out = []
+    for size, k, s, d, (b, e) in zip(spatial, kernel, strides, dilations, pads):
+        span = (k - 1) * d + 1
+        n_out = math.ceil((size + b + e - span) / s) + 1
+        if (n_out - 1) * s >= size + b:  # ONNX drops a window that starts in the end padding
+            n_out -= 1
+        extra = max((n_out - 1) * s + span - (size + b + e), 0)
+        out.append((b, e + extra))
+    return out
+
+
+@handles("Conv", channels_last=True)
+def conv(node: Node):
+    tf = _tf()
+    x = node.x(0)
+    w = node.need_const(1, "weight").astype(np.float32)
+    shape = node.shape(0)
+    rank = len(shape)
+    n = rank - 2
+    if n not in (1, 2, 3):
+        raise node.fail("unsupported_rank", f"{n}-D convolution")
+    kernel = list(w.shape[2:])
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    group = node.attr("group", 1)
+    spatial = shape[1:-1]
+    pads = _spatial(node, spatial, kernel, strides, dilations)
+    if n == 1:  # as a 2-D conv over a height of 1
+        x = tf.expand_dims(x, 1)
+        w, kernel, strides, dilations = w[:, :, None, :], [1, *kernel], [1, *strides], [1, *dilations]
+        pads, spatial = [(0, 0), *pads], [1, *spatial]
+    padding = _padding(pads, spatial, kernel, strides, dilations)
+    if padding is None:
+        x, padding = _pad_last(x, pads), "VALID"
+    c_in = shape[-1]
+    hw_io = np.transpose(w, [*range(2, w.ndim), 1, 0])  # OI(spatial) -> (spatial)IO
+    if n == 3:
+        if group != 1:
+            raise node.fail("unsupported_attribute_value", "grouped 3-D convolution")
+        y = tf.nn.conv3d(x, hw_io, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
+    elif group == 1:
+        y = tf.nn.conv2d(x, hw_io, strides=strides, padding=padding, dilations=dilations)
+    elif group == c_in and w.shape[1] == 1 and strides[0] == strides[1]:
+        mult = w.shape[0] // c_in
+        dw = np.transpose(w.reshape(c_in, mult, *kernel), [2, 3, 0, 1])  # [kh, kw, C, multiplier]
+        y = tf.nn.depthwise_conv2d(x, dw, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+    else:  # grouped: one conv per group (TFLite has no grouped CONV_2D that every runtime takes)
+        per_in, per_out = c_in // group, w.shape[0] // group
+        parts = tf.split(x, group, axis=-1)
+        y = tf.concat([tf.nn.conv2d(p, hw_io[..., g * per_out:(g + 1) * per_out], strides=strides,
+                                    padding=padding, dilations=dilations)
+                       for g, p in enumerate(parts)], axis=-1)
+        assert per_in == w.shape[1]
+    if node.has(2):
+        y = tf.nn.bias_add(y, node.x(2))
+    return tf.squeeze(y, 1) if n == 1 else y
+
+
+@handles("ConvTranspose", channels_last=True)
+def conv_transpose(node: Node):
+    tf = _tf()
+    x = node.x(0)
+    w = node.need_const(1, "weight").astype(np.float32)  # [C_in, C_out/group, kh, kw]
+    shape = node.shape(0)
+    if len(shape) != 4:
+        raise node.fail("unsupported_rank", f"{len(shape) - 2}-D transposed convolution")
+    if node.attr("group", 1) != 1:
+        raise node.fail("unsupported_attribute_value", "grouped transposed convolution")
+    kernel = list(w.shape[2:])
+    strides = node.attr("strides") or [1, 1]
+    dilations = node.attr("dilations") or [1, 1]
+    if dilations != [1, 1]:
+        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
+    out_pad = node.attr("output_padding") or [0, 0]
+    spatial = shape[1:3]
+    full = [(spatial[i] - 1) * strides[i] + kernel[i] + out_pad[i] for i in range(2)]
+    if node.attr("output_shape"):
+        target = list(node.attr("output_shape"))[-2:]
+        total = [full[i] - target[i] for i in range(2)]
+        upper = node.attr("auto_pad", "NOTSET") != "SAME_LOWER"
+        pads = [(t - t // 2, t // 2) if not upper else (t // 2, t - t // 2) for t in total]
+    elif node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        target = [spatial[i] * strides[i] for i in range(2)]
+        total = [full[i] - target[i] for i in range(2)]
+        lower = node.attr("auto_pad") == "SAME_LOWER"
+        pads = [(t - t // 2, t // 2) if lower else (t // 2, t - t // 2) for t in total]
+    else:
+        p = node.attr("pads") or [0, 0, 0, 0]
+        pads = [(p[0], p[2]), (p[1], p[3])]
+    filters = np.transpose(w, [2, 3, 1, 0])  # [kh, kw, C_out, C_in]
+    y = tf.nn.conv2d_transpose(x, filters, [shape[0], *full, w.shape[1]], strides=strides, padding="VALID")
+    y = y[:, pads[0][0]:full[0] - pads[0][1], pads[1][0]:full[1] - pads[1][1], :]
+    if node.has(2):
+        y = tf.nn.bias_add(y, node.x(2))
+    return y
+
+
+def _pool_geometry(node: Node):
+    shape = node.shape(0)
+    n = len(shape) - 2
+    kernel = node.attr("kernel_shape")
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    spatial = shape[1:-1]
+    pads = _ceil_pads(node, spatial, kernel, strides, dilations, _spatial(node, spatial, kernel, strides, dilations))
+    return n, spatial, kernel, strides, dilations, pads
+
+
+@handles("MaxPool", channels_last=True)
+def max_pool(node: Node):
+    tf = _tf()
+    if len(node.proto.output) > 1 and node.proto.output[1]:
+        raise node.fail("unsupported_output", "the Indices output")
+    n, spatial, kernel, strides, dilations, pads = _pool_geometry(node)
+    if any(d != 1 for d in dilations):
+        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
+    padding = _padding(pads, spatial, kernel, strides, dilations)
+    x = node.x(0)
+    if padding is None:  # pad with the input's minimum, never -inf: keeps int8 ranges usable
+        x, padding = _pad_last(x, pads, value=float(np.finfo(np.float32).min) / 2), "VALID"
+        x = tf.maximum(x, tf.reduce_min(node.x(0)))
+    return tf.nn.max_pool(x, kernel, strides, padding)
+
+
+@handles("AveragePool", channels_last=True)
+def average_pool(node: Node):
+    tf = _tf()
+    n, spatial, kernel, strides, dilations, pads = _pool_geometry(node)
+    if any(d != 1 for d in dilations):
+        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
+    x = node.x(0)
+    padding = _padding(pads, spatial, kernel, strides, dilations)
+    include = node.attr("count_include_pad", 0)
+    if padding == "VALID" or (padding == "SAME" and not include):
+        return tf.nn.avg_pool(x, kernel, strides, padding)
+    summed = tf.nn.avg_pool(_pad_last(x, pads), kernel, strides, "VALID")
+    if include and not node.attr("ceil_mode", 0):
+        return summed
+    # Divide by the real (or in-pad) element count per window: a constant map, computed here.
+    ones = np.ones(spatial, np.float32)
+    counts = _window_sum(np.pad(ones, pads), kernel, strides)
+    if include:  # only the ceil_mode overhang is excluded
+        declared = _spatial(node, spatial, kernel, strides, dilations)
+        inpad = np.pad(np.pad(ones, declared, constant_values=1.0), [(0, e - d[1]) for (_, e), d in zip(pads, declared)])
+        counts = _window_sum(inpad, kernel, strides)
+    return summed * float(np.prod(kernel)) / counts[None, ..., None]
+
+
+def _window_sum(a: np.ndarray, kernel: list[int], strides: list[int]) -> np.ndarray:
+    windows = np.lib.stride_tricks.sliding_window_view(a, kernel)[tuple(slice(None, None, s) for s in strides)]
+    return windows.sum(axis=tuple(range(-len(kernel), 0))).astype(np.float32)
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool", channels_last=True)
+def global_pool(node: Node):
+    tf = _tf()
+    axes = list(range(1, node.rank(0) - 1))
+    reduce = tf.reduce_mean if node.op_type == "GlobalAveragePool" else tf.reduce_max
+    return reduce(node.x(0), axis=axes, keepdims=True)
+
+
+@handles("BatchNormalization", channels_last=True)
+def batch_norm(node: Node):
+    tf = _tf()
+    eps = node.attr("epsilon", 1e-5)
+    if node.attr("training_mode", 0):
+        raise node.fail("unsupported_attribute_value", "training_mode=1")
+    scale, bias, mean, var = (node.const(i) for i in range(1, 5))
+    if any(v is None for v in (scale, bias, mean, var)):
+        return (node.x(0) - node.x(3)) * tf.math.rsqrt(node.x(4) + eps) * node.x(1) + node.x(2)
+    a = (scale / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
+    return node.x(0) * a + (bias - mean * a).astype(np.float32)
+
+
+@handles("InstanceNormalization", channels_last=True)
+def instance_norm(node: Node):
+    tf = _tf()
+    x = node.x(0)
+    axes = list(range(1, node.rank(0) - 1))
+    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * node.x(1) + node.x(2)
+
+
+@handles("LayerNormalization")
+def layer_norm(node: Node):
+    tf = _tf()
+    x = node.x(0)
+    rank = node.rank(0)
+    axis = node.attr("axis", -1) % rank
+    axes = list(range(axis, rank))
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    var = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
+    y = centered * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * node.x(1)
+    if node.has(2):
+        y = y + node.x(2)
+    return y
+
+
+@handles("Gemm")
+def gemm(node: Node):
+    tf = _tf()
+    a, b = node.x(0), node.x(1)
+    alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
+    if node.attr("transA", 0):
+        a = tf.transpose(a)
+    b_const = node.const(1)
+    if b_const is not None and node.attr("transB", 0):
+        b = np.ascontiguousarray(b_const.T)
+    elif node.attr("transB", 0):
+        b = tf.transpose(b)
+    y = tf.matmul(a, b)
+    if alpha != 1.0:
+        y = y * alpha
+    if node.has(2):
+        c = node.x(2)
+        y = y + (c * beta if beta != 1.0 else c)
+    return y
+
+
+@handles("MatMul")
+def matmul(node: Node):
+    tf = _tf()
+    a, b = node.x(0), node.x(1)
+    ra, rb = node.rank(0), node.rank(1)
+    if ra == 1:
+        a = tf.expand_dims(a, 0)
+    if rb == 1:
+        b = tf.expand_dims(b, -1)
+    y = tf.linalg.matmul(a, b)
+    if rb == 1:
+        y = tf.squeeze(y, -1)
+    if ra == 1:
+        y = tf.squeeze(y, -2)
+    return y
+
+
+def _softmax_like(node: Node, fn):
+    tf = _tf()
+    x = node.x(0)
+    shape = node.shape(0)
+    rank = len(shape)
+    axis = node.attr("axis", -1 if node.opset >= 13 else 1) % rank
+    if node.opset >= 13 or axis == rank - 1:
+        return fn(x, axis=axis)
+    flat = tf.reshape(x, [int(np.prod(shape[:axis])), -1])  # opset < 13: softmax over the flattened tail
+    return tf.reshape(fn(flat, axis=-1), shape)
+
+
+@handles("Softmax")
+def softmax(node: Node):
+    return _softmax_like(node, _tf().nn.softmax)
+
+
+@handles("LogSoftmax")
+def log_softmax(node: Node):
+    return _softmax_like(node, _tf().nn.log_softmax)

@@ -1,0 +1,63 @@
+"""The emitted TF module -> TFLite FlatBuffer with `tf.lite.TFLiteConverter`: fp32, fp16 weights,
+dynamic-range int8 weights, or full-integer int8 calibrated on the recipe's data. Builtin ops only: the
+LiteRT interpreter cannot run Flex (TF) ops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+
+from accelopt.converters.tf import load_tf
+from accelopt.converters.tf.emitter import Emitted
+from accelopt.errors import ConversionError, first_line
+from accelopt.isolation import quiet_native_stderr
+
+Precision = Literal["fp32", "fp16", "dynamic", "int8"]
+IoType = Literal["float", "int8", "uint8"]
+
+
+def signature_feeds(emitted: Emitted, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """ONNX-named, ONNX-layout feeds as the signature takes them: its order, its layout, its types."""
+    out = []
+    for spec in emitted.inputs:
+        x = np.asarray(feeds[spec.name])
+        if spec.channels_last:
+            x = np.moveaxis(x, 1, -1)
+        out.append(np.ascontiguousarray(x, dtype=spec.dtype))
+    return out
+
+
+def to_tflite(emitted: Emitted, precision: Precision = "fp32", *, samples: Iterable[dict[str, np.ndarray]] = (),
+              io_type: IoType = "float") -> bytes:
+    """The FlatBuffer bytes. `samples` (single-sample ONNX feeds) calibrate full-integer int8."""
+    tf = load_tf()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([emitted.function], emitted.module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if precision == "int8":
+        batches = [signature_feeds(emitted, s) for s in samples]
+        if not batches:
+            raise ConversionError("tflite: full-integer int8 needs calibration samples")
+        converter.representative_dataset = lambda: iter(batches)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type != "float":
+            converter.inference_input_type = tf.int8 if io_type == "int8" else tf.uint8
+            converter.inference_output_type = converter.inference_input_type
+    try:
+        with quiet_native_stderr():
+            return converter.convert()
+    except Exception as e:  # ConverterError carries MLIR diagnostics over many lines
+        raise ConversionError(f"TFLiteConverter failed ({precision}): {_converter_message(e)}") from e
+
+
+def _converter_message(error: Exception) -> str:
+    """The first diagnostic that says something (MLIR prefixes locations and 'error:')."""
+    for line in str(error).splitlines():
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()[:300]
+    return first_line(error, 300)

@@ -1,0 +1,103 @@
+"""Runs a .tflite file in the LiteRT interpreter with OrtRunner's interface: ONNX input/output names and
+layouts in and out (the io.json next to the model maps them to the signature), int8/uint8 model I/O quantized
+and dequantized here, `num_threads` always set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from accelopt.errors import BadInputError, ConversionError, MissingExtraError, first_line
+from accelopt.isolation import quiet_native_stderr
+from accelopt.targets.base import LatencyStats, TensorSpec, wall_clock_bench
+
+IO_FILE = "io.json"
+Resolver = Literal["auto", "builtin", "reference"]
+
+
+def load_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as e:
+        raise MissingExtraError("tflite", "running TFLite models (ai-edge-litert)") from e
+    return Interpreter, OpResolverType
+
+
+class LiteRtRunner:
+    """One interpreter over one model. `resolver`: auto = optimized kernels + XNNPACK (what apps get),
+    builtin = optimized kernels without delegates, reference = the spec's reference kernels (slow)."""
+
+    def __init__(self, model: Path, threads: int | None = None, resolver: Resolver = "auto"):
+        Interpreter, OpResolverType = load_interpreter_class()
+        model = Path(model)
+        io = json.loads((model.parent / IO_FILE).read_text())
+        self._in, self._out = io["inputs"], io["outputs"]
+        self.threads = threads or 1  # LiteRT's own default is 1 thread whatever the machine has
+        kind = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                "reference": OpResolverType.BUILTIN_REF}[resolver]
+        try:
+            with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" on fd 2
+                self._interpreter = Interpreter(model_path=str(model), num_threads=self.threads,
+                                                experimental_op_resolver_type=kind)
+                self._interpreter.allocate_tensors()  # applies XNNPACK now, while fd 2 is quiet
+                self._signature = self._interpreter.get_signature_runner("serving_default")
+        except Exception as e:
+            raise ConversionError(f"LiteRT cannot load {model.name}: {first_line(e, 300)}") from e
+        details = self._signature.get_input_details()
+        self._quant_in = {k: details[k]["quantization"] if details[k]["dtype"] in (np.int8, np.uint8)
+                          and np.dtype(_onnx_dtype(spec)).kind == "f" else None
+                          for spec in self._in for k in [spec["key"]]}
+        self._in_dtype = {k: details[k]["dtype"] for k in details}
+        out_details = self._signature.get_output_details()
+        self._quant_out = {k: out_details[k]["quantization"] if out_details[k]["dtype"] in (np.int8, np.uint8)
+                           else None for k in out_details}
+        self.inputs = [TensorSpec(s["name"], _onnx_shape(s), np.dtype(s["dtype"])) for s in self._in]
+        self.outputs = [TensorSpec(s["name"], list(s["shape"]), np.dtype(s["dtype"])) for s in self._out]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Output name -> array, in the model's output order."""
+        args = {}
+        for spec in self._in:
+            if spec["name"] not in feeds:
+                raise BadInputError(f"tflite runner: missing input {spec['name']!r}")
+            x = np.asarray(feeds[spec["name"]])
+            if spec["channels_last"]:
+                x = np.moveaxis(x, 1, -1)
+            quant = self._quant_in[spec["key"]]
+            if quant is not None:
+                x = _quantize(x, quant, self._in_dtype[spec["key"]])
+            args[spec["key"]] = np.ascontiguousarray(x, dtype=self._in_dtype[spec["key"]])
+        try:
+            out = self._signature(**args)
+        except Exception as e:
+            raise ConversionError(f"LiteRT failed running the model: {first_line(e, 300)}") from e
+        result = {}
+        for spec in self._out:
+            y = out[spec["key"]]
+            quant = self._quant_out[spec["key"]]
+            if quant is not None:
+                y = (y.astype(np.float32) - quant[1]) * quant[0]
+            result[spec["name"]] = y.astype(spec["dtype"], copy=False)
+        return result
+
+    def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
+        return wall_clock_bench(self, feeds, warmup, runs)
+
+
+def _onnx_dtype(spec: dict) -> np.dtype:
+    return np.dtype(spec["dtype"])
+
+
+def _onnx_shape(spec: dict) -> list[int]:
+    """The input shape as the ONNX model has it (the signature may take it channels-last)."""
+    shape = list(spec["shape"])
+    return [shape[0], shape[-1], *shape[1:-1]] if spec["channels_last"] else shape
+
+
+def _quantize(x: np.ndarray, quant: tuple[float, int], dtype: np.dtype) -> np.ndarray:
+    scale, zero = quant
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
