@@ -413,6 +413,84 @@ def test_shared_constant_is_copied_not_edited():
     assert any(t.name == bias and list(t.dims) == [1, 4, 5, 5] for t in out.graph.initializer)
 
 
+# --- x * f(x) diamonds: pushing one Transpose below both consumers only pays off a few moves later ------------
+
+
+def scalar(b: Builder, v: float) -> str:
+    return b.const(np.array(v, np.float32))
+
+
+def paddle_hardswish(b: Builder, x: str) -> str:
+    """Paddle's export of HardSwish: x * clip(x + 3, 0, 6) / 6."""
+    r = b.op("Clip", [b.op("Add", [x, scalar(b, 3.0)]), scalar(b, 0.0), scalar(b, 6.0)])
+    return b.op("Div", [b.op("Mul", [x, r]), scalar(b, 6.0)])
+
+
+def paddle_hardsigmoid(b: Builder, x: str) -> str:
+    """Paddle's hardsigmoid (slope 0.2, offset 0.5) written out: clip(x * 0.2 + 0.5, 0, 1)."""
+    h = b.op("Add", [b.op("Mul", [x, scalar(b, 0.2)]), scalar(b, 0.5)])
+    return b.op("Clip", [h, scalar(b, 0.0), scalar(b, 1.0)])
+
+
+DIAMONDS = {
+    "paddle_hardswish": paddle_hardswish,
+    "x_hardsigmoid": lambda b, x: b.op("Mul", [x, b.op("HardSigmoid", [x], alpha=1 / 6, beta=0.5)]),
+    "swish_with_extra_ops": lambda b, x: b.op("Mul", [b.op("Sigmoid", [b.op("Add", [b.op(
+        "Mul", [x, scalar(b, 1.702)]), b.weight(4, 1, 1)])]), x]),
+    "residual_add": lambda b, x: b.op("Relu", [b.op("Add", [b.op("Relu", [b.op("Mul", [x, b.weight(4, 1, 1)])]), x])]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIAMONDS))
+def test_diamond_between_convs(name):
+    """Conv -> x * f(x) -> Conv -> Relu -> Conv: nothing left between the convs."""
+    b = Builder(21)
+    x = b.input("x", [1, 3, 12, 20])
+    h = DIAMONDS[name](b, b.conv(x, 3, 4))
+    h = b.conv(b.op("Relu", [b.conv(h, 4, 6, k=1)]), 6, 4, group=2)
+    model = b.model([DIAMONDS[name](b, h)])
+    out, decisions = to_channels_last(model)
+    check_same(model, out)
+    assert transposes_between_nhwc_ops(out) == []
+    assert count(out) == decisions["transposes"]["after_sink"] <= 2, decisions["transposes_left"]
+
+
+def paddle_mobilenet_v3(gate: str) -> onnx.ModelProto:
+    """Two MobileNetV3 bottlenecks as PaddleOCR exports them: Paddle HardSwish everywhere, an SE block gated by
+    HardSigmoid(0.2, 0.5) (`gate="op"`) or its written-out form, a residual Add."""
+    b = Builder(22)
+    x = b.input("x", [1, 3, 16, 32])
+    h = paddle_hardswish(b, b.conv(x, 3, 8, strides=[2, 2]))
+    for _ in range(2):
+        e = paddle_hardswish(b, b.conv(h, 8, 16, k=1))
+        d = paddle_hardswish(b, b.conv(e, 16, 16, group=16))
+        s = b.op("Relu", [b.conv(b.op("GlobalAveragePool", [d]), 16, 4, k=1)])
+        s = b.conv(s, 4, 16, k=1)
+        s = b.op("HardSigmoid", [s], alpha=0.2, beta=0.5) if gate == "op" else paddle_hardsigmoid(b, s)
+        h = b.op("Add", [h, b.conv(b.op("Mul", [d, s]), 16, 8, k=1)])
+    return b.model([paddle_hardswish(b, b.conv(h, 8, 8, k=1))])
+
+
+@pytest.mark.parametrize("gate", ["op", "written_out"])
+def test_paddle_mobilenet_v3_se_blocks(gate):
+    model = paddle_mobilenet_v3(gate)
+    out, decisions = to_channels_last(model)
+    check_same(model, out)
+    assert transposes_between_nhwc_ops(out) == []
+    assert count(out) == decisions["transposes"]["after_sink"] <= 2, decisions["transposes_left"]
+    assert decisions["transposes_left"][0]["why"] == "graph input"
+    # without the lookahead the HardSwish diamonds keep a transpose pair between the convs
+    from accelopt.optimizers.transposes import sink
+
+    before = sink.LOOKAHEAD_STEPS
+    try:
+        sink.LOOKAHEAD_STEPS = 0
+        greedy, _ = to_channels_last(model)
+    finally:
+        sink.LOOKAHEAD_STEPS = before
+    assert count(greedy) > 2
+
+
 def _random_model(seed: int) -> onnx.ModelProto:
     b = Builder(100 + seed)
     rng = np.random.default_rng(seed)
@@ -462,15 +540,17 @@ def test_random_graphs(seed, monkeypatch):
     from accelopt.optimizers.transposes import sink
 
     counts: list[tuple[int, int]] = []
-    real = sink._try_push
 
-    def watched(g, t, blocked):
-        before = g.count()
-        result = real(g, t, blocked)
-        counts.append((before, g.count()))
-        return result
+    def watching(real):
+        def watched(g, *args):
+            before = g.count()
+            result = real(g, *args)
+            counts.append((before, g.count()))
+            return result
+        return watched
 
-    monkeypatch.setattr(sink, "_try_push", watched)
+    monkeypatch.setattr(sink, "_try_push", watching(sink._try_push))
+    monkeypatch.setattr(sink, "_try_look_ahead", watching(sink._try_look_ahead))
     model = _random_model(seed)
     out, decisions = to_channels_last(model)
     assert all(after <= before for before, after in counts)  # no sinking step ever adds a transpose

@@ -134,6 +134,14 @@ class Graph:
             copy.CopyFrom(n)
             j["saved"][id(n)] = (n, copy)
 
+    def journal_nodes(self) -> list[onnx.NodeProto]:
+        """Live nodes added or edited since `begin` (empty outside a step)."""
+        j = self._journal
+        if j is None:
+            return []
+        nodes = [n for n in j["added"] if self.alive(n)] + [n for n, _ in j["saved"].values() if self.alive(n)]
+        return list({id(n): n for n in nodes}.values())
+
     def rollback(self) -> None:
         j, self._journal = self._journal, None
         for n in j["added"]:

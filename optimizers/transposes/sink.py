@@ -6,6 +6,10 @@ the number of Transpose nodes is negative, or zero for a pure move (no transpose
 heads towards an inverse Transpose. Every accepted step is checked against the real count after cleanup and
 rolled back if it went up, so the count never increases and the loop ends (each step lowers the count or
 moves a transpose strictly downstream).
+
+When no greedy move is left, a bounded lookahead (`_try_look_ahead`) tries a move that adds transposes and
+follows it with at most LOOKAHEAD_STEPS greedy moves of the transposes it created; the sequence is kept only if
+the count ends strictly lower (Paddle's HardSwish `x * clip(x + 3, 0, 6) / 6` and other x * f(x) diamonds).
 """
 
 from __future__ import annotations
@@ -175,23 +179,36 @@ def _dependency_order(group: list[onnx.NodeProto], plans: list[Plan]) -> list[tu
     return done
 
 
+def _key(g: Graph, t: onnx.NodeProto, group: list[onnx.NodeProto]) -> tuple:
+    return (t.input[0], tuple(_perm(g, t)), tuple(tuple(n.output) for n in group))
+
+
+def _wanted(g: Graph, delta: int, pure: bool, group: list[onnx.NodeProto], plans: list[Plan]) -> bool:
+    """A move the greedy loop takes: it lowers the count, or is a pure move towards an inverse Transpose
+    (`pure=True` also for the follow-ups of a lookahead, which may put an inverse on another input)."""
+    return delta < 0 or (delta == 0 and pure and any(
+        _promising(g, n.output[i], q, set()) for n, pl in zip(group, plans) for i, q in pl.outs))
+
+
+def _push(g: Graph, t: onnx.NodeProto, group: list[onnx.NodeProto], plans: list[Plan]) -> None:
+    touched: list[onnx.NodeProto] = []
+    for n, plan in _dependency_order(group, plans):
+        touched += _apply(g, t, n, plan)
+    cleanup(g, touched)
+
+
 def _try_push(g: Graph, t: onnx.NodeProto, blocked: set) -> str | None:
     """"pushed", "undone" (a move was tried and rolled back: node objects changed) or None (nothing to do)."""
-    p = _perm(g, t)
     for group, plans in _candidates(g, t):
-        key = (t.input[0], tuple(p), tuple(tuple(n.output) for n in group))
+        key = _key(g, t, group)
         if key in blocked:
             continue
         delta, pure = _cost(g, t, group, plans)
-        if delta > 0 or (delta == 0 and not (pure and any(
-                _promising(g, n.output[i], q, set()) for n, pl in zip(group, plans) for i, q in pl.outs))):
+        if not _wanted(g, delta, pure, group, plans):
             continue
         before = g.count()
         g.begin()
-        touched: list[onnx.NodeProto] = []
-        for n, plan in _dependency_order(group, plans):
-            touched += _apply(g, t, n, plan)
-        cleanup(g, touched)
+        _push(g, t, group, plans)
         after = g.count()
         if after > before or (after == before and delta < 0):
             g.rollback()  # the estimate was wrong: undo and never try this move again
@@ -202,11 +219,72 @@ def _try_push(g: Graph, t: onnx.NodeProto, blocked: set) -> str | None:
     return None
 
 
+# --- lookahead -------------------------------------------------------------------------------------------------
+
+LOOKAHEAD_MAX_DELTA = 3  # candidate moves that add more transposes than this are not explored
+LOOKAHEAD_STEPS = 8  # follow-up moves after the candidate
+
+
+def _follow_up(g: Graph, blocked: set) -> bool:
+    """Take the best move, not adding transposes, of a Transpose added or edited since `begin`; False if none."""
+    best = None
+    for f in g.journal_nodes():
+        if not _is_transpose(f):
+            continue
+        for group, plans in _candidates(g, f):
+            if _key(g, f, group) in blocked:
+                continue
+            delta, pure = _cost(g, f, group, plans)
+            if (best is None or delta < best[0]) and _wanted(g, delta, True, group, plans):
+                best = (delta, f, group, plans)
+    if best is None:
+        return False
+    _, f, group, plans = best
+    before = g.count()
+    _push(g, f, group, plans)
+    return g.count() <= before
+
+
+def _try_look_ahead(g: Graph, t: onnx.NodeProto, blocked: set, tried: dict) -> bool:
+    """Take a move that adds transposes when a few greedy follow-ups on what it created end lower.
+
+    The x * f(x) diamonds (Paddle's HardSwish `x * clip(x + 3, 0, 6) / 6`, SE blocks, residual Adds): pushing
+    the Transpose on x below both consumers puts one after each and an inverse on the other input of the join
+    (1 -> 3); pushing the first one down to the join cancels it with that inverse, and the second one can then
+    go on to the next conv. The candidate and its follow-ups share one journal entry: kept only if the count
+    ends strictly lower, else all undone. `tried` remembers failures with the count they were tried at, so a
+    candidate is tried again only once the graph has lost transposes since.
+    """
+    for group, plans in _candidates(g, t):
+        key = _key(g, t, group)
+        before = g.count()
+        if key in blocked or tried.get(key, before + 1) <= before:
+            continue
+        delta, pure = _cost(g, t, group, plans)
+        if _wanted(g, delta, pure, group, plans) or delta > LOOKAHEAD_MAX_DELTA:
+            continue
+        g.begin()
+        _push(g, t, group, plans)
+        for _ in range(LOOKAHEAD_STEPS):
+            if g.count() < before or not _follow_up(g, blocked):
+                break
+        if g.count() < before:
+            g.commit()
+            return True
+        g.rollback()  # restores the same node objects: the caller's list of transposes stays valid
+        tried[key] = before
+    return False
+
+
 def sink_transposes(g: Graph, max_steps: int | None = None) -> int:
-    """Push transposes down until no step helps; returns the number of steps taken."""
+    """Push transposes down until no step helps; returns the number of steps taken.
+
+    Greedy moves first; once none is left, one bounded lookahead (see `_try_look_ahead`), then greedy again.
+    """
     cleanup(g)
     steps, limit = 0, max_steps or 20 * len(g.nodes) + 100
     blocked: set = set()
+    tried: dict = {}
     progressed = True
     while progressed and steps < limit:
         progressed = False
@@ -219,5 +297,12 @@ def sink_transposes(g: Graph, max_steps: int | None = None) -> int:
                 progressed = True
                 steps += result == "pushed"
             if result == "undone" or steps >= limit:
+                break
+        if progressed or steps >= limit:
+            continue
+        for t in [n for n in g.nodes if _is_transpose(n)]:
+            if g.alive(t) and _is_transpose(t) and _try_look_ahead(g, t, blocked, tried):
+                progressed = True
+                steps += 1
                 break
     return steps
