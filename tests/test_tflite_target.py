@@ -182,3 +182,47 @@ def test_digits_example_full_int8_within_one_point(cli, tmp_path):
     assert report["final"]["accuracy_drop"] <= 0.01
     assert report["target"]["lowering"]["precision"] == "int8"
     assert "CONV_2D:int8" in report["target"]["lowering"]["compute_types"]
+
+
+def _masked_attention() -> onnx.ModelProto:
+    """scores [1,4,4] + (1 - mask) * float32.min -> Softmax: the additive mask HF exporters write."""
+    T = onnx.TensorProto
+    nodes = [helper.make_node("Cast", ["mask"], ["maskf"], to=T.FLOAT),
+             helper.make_node("Sub", ["one", "maskf"], ["inv"]),
+             helper.make_node("Mul", ["inv", "fmin"], ["bias"]),
+             helper.make_node("Add", ["scores", "bias"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1)]
+    inits = [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fmin")]
+    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("scores", T.FLOAT, [1, 4, 4]),
+                                              helper.make_tensor_value_info("mask", T.INT64, [1, 1, 4])],
+                              [helper.make_tensor_value_info("p", T.FLOAT, [1, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_int8_softens_float_min_attention_masks(tmp_path):
+    """Quantizing a 1e38-wide Add made LiteRT abort while preparing MiniLM; -20 keeps the Softmax."""
+    from accelopt.data import Dataset
+
+    model = _masked_attention()
+    rng = np.random.default_rng(0)
+    feeds = {"scores": rng.standard_normal((16, 4, 4)).astype(np.float32),
+             "mask": np.repeat(np.array([[[1, 1, 1, 0]]], np.int64), 16, axis=0)}
+    target = get_target("tflite", {"precision": "int8"})
+    target.calibration = Dataset(feeds, None, "test")
+    artifact = target.lower(model, tmp_path / "art")
+    assert artifact.meta["masks_softened"] == 1
+    one = {k: v[:1] for k, v in feeds.items()}
+    got = target.runner(artifact, threads=1).run(one)["p"]
+    np.testing.assert_allclose(got, OrtRunner(model).run(one)["p"], atol=0.03)
+    assert np.all(got[..., 3] < 0.01)  # the masked position still gets (almost) nothing
+
+
+def test_a_model_litert_cannot_run_is_an_error_not_a_crash(tmp_path):
+    from accelopt.errors import ConversionError
+    from accelopt.targets.tflite.runner import probe
+
+    broken = tmp_path / "model.tflite"
+    broken.write_bytes(b"TFL3" + bytes(64))
+    with pytest.raises(ConversionError, match="LiteRT cannot run model.tflite"):
+        probe(broken, "AUTO")

@@ -78,6 +78,7 @@ class TfliteTarget(Target):
 
     def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
         from accelopt.converters.tf.emitter import emit
+        from accelopt.converters.tf.patterns import soften_masks
         from accelopt.optimizers.transposes import to_channels_last
         from accelopt.targets.tflite.convert import to_tflite
         from accelopt.targets.tflite.inspect import graph_facts
@@ -87,6 +88,8 @@ class TfliteTarget(Target):
             self._stage(0, "layout NCHW -> NHWC")
             model, layout = to_channels_last(model)
             meta["layout"] = _layout_summary(layout)
+        if self.config.precision == "int8":
+            model, meta["masks_softened"] = soften_masks(model)
         self._stage(1, "emitting TF ops")
         try:
             emitted = emit(model, channels_last_inputs=self.config.channels_last_inputs)
@@ -175,6 +178,9 @@ def _log_lines(meta: dict[str, Any], emitted) -> list[str]:
     where = "; ".join(f"{t['after']} -> {', '.join(t['before'])}" for t in meta["transposes"][:5])
     lines.append(f"transposes left in the TFLite graph: {meta['transposes_left']} "
                  f"({meta['transposes_between_convs']} between convolutions)" + (f": {where}" if where else ""))
+    if meta.get("masks_softened"):
+        lines.append(f"int8: {meta['masks_softened']} attention-mask constant(s) of float32's minimum raised to -20 "
+                     "(a 1e38 range cannot be quantized; masked weights stay ~0 after the Softmax)")
     if meta["float_ops_in_int8"]:
         lines.append(f"int8: ops still computing in float: {', '.join(meta['float_ops_in_int8'])}")
     return lines

@@ -5,6 +5,9 @@ and dequantized here, `num_threads` always set."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +41,7 @@ class LiteRtRunner:
         self.threads = threads or 1  # LiteRT's own default is 1 thread whatever the machine has
         kind = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "reference": OpResolverType.BUILTIN_REF}[resolver]
+        probe(model, kind.name)
         try:
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate" on fd 2
                 self._interpreter = Interpreter(model_path=str(model), num_threads=self.threads,
@@ -85,6 +89,35 @@ class LiteRtRunner:
 
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
         return wall_clock_bench(self, feeds, warmup, runs)
+
+
+# Loads the model, prepares every kernel and runs it once on zeros.
+_PROBE = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+it = Interpreter(model_path=sys.argv[1], num_threads=1, experimental_op_resolver_type=OpResolverType[sys.argv[2]])
+it.allocate_tensors()
+for d in it.get_input_details():
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+"""
+
+
+def probe(model: Path, resolver: str) -> None:
+    """LiteRT aborts the whole process (SIGABRT, no message) when a kernel rejects a model while preparing or
+    running it; try the model once in a child process so that is a one-line error, not a crash."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(model), resolver], capture_output=True, text=True,
+                              timeout=600)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"LiteRT did not finish one run of {model.name} in 10 minutes") from None
+    if done.returncode == 0:
+        return
+    how = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
+           else f"exit code {done.returncode}")
+    said = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+    raise ConversionError(f"LiteRT cannot run {model.name} ({how}{': ' + said[-1][:200] if said else ''}); "
+                          "one of its kernels rejects the model")
 
 
 def _onnx_dtype(spec: dict) -> np.dtype:
