@@ -8,23 +8,61 @@ from accelopt.converters.tf import load_tf as _tf
 from accelopt.converters.tf.registry import Node, handles
 
 
+# TFLite's arithmetic and comparison kernels take float32, int32 and int64 (int8/uint8/int16 only quantized):
+# other integer types compute as int32 and float16 as float32; the emitter casts results back to the ONNX type.
+_WIDE = {"int8": "int32", "uint8": "int32", "int16": "int32", "uint16": "int32", "uint32": "int32",
+         "float16": "float32"}
+
+
+def dtype_of(x):
+    tf = _tf()
+    return x.dtype if isinstance(x, tf.Tensor) else tf.as_dtype(np.asarray(x).dtype)
+
+
+def widen(*xs):
+    """The values in the type TFLite computes them in (see `_WIDE`)."""
+    tf = _tf()
+    out = []
+    for x in xs:
+        wide = _WIDE.get(dtype_of(x).name)
+        if wide is None:
+            out.append(x)
+        elif isinstance(x, np.ndarray):
+            out.append(x.astype(wide))
+        else:
+            out.append(tf.cast(x, wide))
+    return out
+
+
 _UNARY = {
     "Abs": lambda tf, x: tf.abs(x), "Neg": lambda tf, x: tf.negative(x), "Exp": lambda tf, x: tf.exp(x),
     "Log": lambda tf, x: tf.math.log(x), "Sqrt": lambda tf, x: tf.sqrt(x), "Floor": lambda tf, x: tf.floor(x),
     "Ceil": lambda tf, x: tf.math.ceil(x), "Round": lambda tf, x: tf.round(x), "Sign": lambda tf, x: tf.sign(x),
     "Sin": lambda tf, x: tf.sin(x), "Cos": lambda tf, x: tf.cos(x), "Tanh": lambda tf, x: tf.tanh(x),
-    "Sigmoid": lambda tf, x: tf.sigmoid(x), "Relu": lambda tf, x: tf.nn.relu(x),     "Reciprocal": lambda tf, x: tf.math.reciprocal(x), "Softsign": lambda tf, x: tf.nn.softsign(x),
+    "Sigmoid": lambda tf, x: tf.sigmoid(x), "Relu": lambda tf, x: tf.nn.relu(x),
+    "Reciprocal": lambda tf, x: tf.math.reciprocal(x), "Softsign": lambda tf, x: tf.nn.softsign(x),
     "Softplus": lambda tf, x: tf.nn.softplus(x), "Not": lambda tf, x: tf.logical_not(x),
     "Identity": lambda tf, x: tf.identity(x), "IsNaN": lambda tf, x: tf.math.is_nan(x),
-    "Tan": lambda tf, x: tf.tan(x), "Asin": lambda tf, x: tf.asin(x), "Acos": lambda tf, x: tf.acos(x),
-    "Atan": lambda tf, x: tf.atan(x), "Sinh": lambda tf, x: tf.sinh(x), "Cosh": lambda tf, x: tf.cosh(x),
-    "Asinh": lambda tf, x: tf.asinh(x), "Acosh": lambda tf, x: tf.acosh(x), "Atanh": lambda tf, x: tf.atanh(x),
+    # No TFLite kernels for these: written with SIN/COS/EXP/LOG/SQRT/ATAN2.
+    "Tan": lambda tf, x: tf.sin(x) / tf.cos(x),
+    "Asin": lambda tf, x: tf.math.atan2(x, tf.sqrt(1.0 - x * x)),
+    "Acos": lambda tf, x: tf.math.atan2(tf.sqrt(1.0 - x * x), x),
+    "Atan": lambda tf, x: tf.math.atan2(x, tf.ones_like(x)),
+    "Sinh": lambda tf, x: (tf.exp(x) - tf.exp(-x)) * 0.5, "Cosh": lambda tf, x: (tf.exp(x) + tf.exp(-x)) * 0.5,
+    "Asinh": lambda tf, x: tf.sign(x) * tf.math.log(tf.abs(x) + tf.sqrt(x * x + 1.0)),
+    "Acosh": lambda tf, x: tf.math.log(x + tf.sqrt(x * x - 1.0)),
+    "Atanh": lambda tf, x: 0.5 * tf.math.log((1.0 + x) / (1.0 - x)),
 }
 
 
 @handles(*_UNARY)
 def unary(node: Node):
-    return _UNARY[node.op_type](_tf(), node.x(0))
+    tf = _tf()
+    x = node.x(0)
+    if node.op_type == "Identity":
+        return tf.identity(x)
+    (x,) = widen(x)
+    return _UNARY[node.op_type](tf, tf.convert_to_tensor(x))
 
 
 _BINARY = {
@@ -40,7 +78,7 @@ _BINARY = {
 @handles(*_BINARY)
 def binary(node: Node):
     tf = _tf()
-    a, b = node.x(0), node.x(1)
+    a, b = widen(node.x(0), node.x(1))
     if node.op_type == "Pow":  # ONNX lets the exponent have its own type; TF wants one
         b = tf.cast(b, tf.convert_to_tensor(a).dtype)
     return _BINARY[node.op_type](tf, a, b)
@@ -49,7 +87,7 @@ def binary(node: Node):
 @handles("Div")
 def div(node: Node):
     tf = _tf()
-    a, b = node.x(0), node.x(1)
+    a, b = widen(node.x(0), node.x(1))
     if tf.convert_to_tensor(a).dtype.is_integer:  # ONNX integer division truncates toward zero
         return tf.truncatediv(a, b)
     return tf.divide(a, b)
@@ -59,7 +97,7 @@ def div(node: Node):
 def variadic(node: Node):
     tf = _tf()
     fold = {"Max": tf.maximum, "Min": tf.minimum, "Sum": tf.add, "Mean": tf.add}[node.op_type]
-    values = [node.x(i) for i in range(len(node.values))]
+    values = widen(*[node.x(i) for i in range(len(node.values))])
     out = values[0]
     for v in values[1:]:
         out = fold(out, v)
@@ -86,12 +124,12 @@ def cast_like(node: Node):
 @handles("Clip")
 def clip(node: Node):
     tf = _tf()
-    x = node.x(0)
+    (x,) = widen(node.x(0))
     if node.opset < 11:
         lo, hi = node.attr("min"), node.attr("max")
     else:
-        lo = node.x(1) if node.has(1) else None
-        hi = node.x(2) if node.has(2) else None
+        lo = widen(node.x(1))[0] if node.has(1) else None
+        hi = widen(node.x(2))[0] if node.has(2) else None
     if lo is not None:
         x = tf.maximum(x, lo)
     if hi is not None:
@@ -189,9 +227,65 @@ def mish(node: Node):
 @handles("IsInf")
 def is_inf(node: Node):
     tf = _tf()
-    x = node.x(0)
+    (x,) = widen(node.x(0))
     pos, neg = node.attr("detect_positive", 1), node.attr("detect_negative", 1)
-    inf = np.inf
+    big = np.float32(np.finfo(np.float32).max)  # comparisons with an inf constant do not survive conversion
     if pos and neg:
-        return tf.math.is_inf(x)
-    return tf.equal(x, inf) if pos else tf.equal(x, -inf)
+        return tf.greater(tf.abs(x), big)
+    if pos:
+        return tf.greater(x, big)
+    if neg:
+        return tf.less(x, -big)
+    return tf.zeros_like(x, dtype=tf.bool)
+
+
+@handles("Mod")
+def mod(node: Node):
+    tf = _tf()
+    a, b = widen(node.x(0), node.x(1))
+    a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+    if not node.attr("fmod", 0):  # the divisor's sign: floor modulo
+        if a.dtype.is_floating:
+            raise node.fail("unsupported_attribute_value", "fmod=0 on floats (ONNX requires fmod=1)")
+        return tf.math.floormod(a, b)
+    if a.dtype.is_integer:  # the dividend's sign: C fmod
+        return a - b * tf.truncatediv(a, b)
+    q = a / b
+    return a - b * tf.where(q < 0, tf.math.ceil(q), tf.floor(q))
+
+
+@handles("BitShift")
+def bit_shift(node: Node):
+    tf = _tf()
+    x, s = widen(node.x(0), node.x(1))
+    if node.out_dtype(0) is not None and node.out_dtype(0) == np.uint32:
+        raise node.fail("unsupported_type", "uint32 shifts (computed as int32 here, which would lose the top bit)")
+    if node.attr("direction") == "RIGHT":
+        return tf.bitwise.right_shift(x, tf.cast(s, x.dtype) if isinstance(s, tf.Tensor) else s)
+    return x * tf.pow(tf.constant(2, x.dtype), tf.cast(s, x.dtype))  # no LEFT_SHIFT kernel
+
+
+@handles("BitwiseXor")
+def bitwise_xor(node: Node):
+    a, b = widen(node.x(0), node.x(1))
+    return _tf().bitwise.bitwise_xor(a, b)
+
+
+@handles("Shrink")
+def shrink(node: Node):
+    tf = _tf()
+    (x,) = widen(node.x(0))
+    lambd, bias = node.attr("lambd", 0.5), node.attr("bias", 0.0)
+    x = tf.convert_to_tensor(x)
+    lo = tf.cast(x + tf.cast(bias, x.dtype), x.dtype)
+    hi = tf.cast(x - tf.cast(bias, x.dtype), x.dtype)
+    return tf.where(tf.cast(x, tf.float32) < -lambd, lo,
+                    tf.where(tf.cast(x, tf.float32) > lambd, hi, tf.zeros_like(x)))
+
+
+@handles("Swish")
+def swish(node: Node):
+    tf = _tf()
+    x = node.x(0)
+    alpha = node.attr("alpha", 1.0)
+    return x * tf.sigmoid(alpha * x) if alpha != 1.0 else x * tf.sigmoid(x)

@@ -102,10 +102,16 @@ def conv(node: Node):
         y = tf.nn.conv3d(x, hw_io, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
     elif group == 1:
         y = tf.nn.conv2d(x, hw_io, strides=strides, padding=padding, dilations=dilations)
-    elif group == c_in and w.shape[1] == 1 and strides[0] == strides[1]:
+    elif group == c_in and w.shape[1] == 1:
         mult = w.shape[0] // c_in
         dw = np.transpose(w.reshape(c_in, mult, *kernel), [2, 3, 0, 1])  # [kh, kw, C, multiplier]
-        y = tf.nn.depthwise_conv2d(x, dw, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+        if strides[0] == strides[1]:
+            y = tf.nn.depthwise_conv2d(x, dw, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+        else:  # TF's depthwise kernel wants equal strides (text models use 2x1): stride 1, keep every s-th
+            if padding == "SAME":
+                x, padding = _pad_last(x, pads), "VALID"
+            y = tf.nn.depthwise_conv2d(x, dw, strides=[1, 1, 1, 1], padding=padding, dilations=dilations)
+            y = y[:, ::strides[0], ::strides[1], :]
     else:  # grouped: one conv per group (TFLite has no grouped CONV_2D that every runtime takes)
         per_in, per_out = c_in // group, w.shape[0] // group
         parts = tf.split(x, group, axis=-1)
@@ -122,36 +128,66 @@ def conv(node: Node):
 def conv_transpose(node: Node):
     tf = _tf()
     x = node.x(0)
-    w = node.need_const(1, "weight").astype(np.float32)  # [C_in, C_out/group, kh, kw]
+    w = node.need_const(1, "weight").astype(np.float32)  # [C_in, C_out/group, k...]
     shape = node.shape(0)
-    if len(shape) != 4:
-        raise node.fail("unsupported_rank", f"{len(shape) - 2}-D transposed convolution")
-    if node.attr("group", 1) != 1:
-        raise node.fail("unsupported_attribute_value", "grouped transposed convolution")
+    n = len(shape) - 2
+    if n not in (1, 2, 3):
+        raise node.fail("unsupported_rank", f"{n}-D transposed convolution")
+    group = node.attr("group", 1)
     kernel = list(w.shape[2:])
-    strides = node.attr("strides") or [1, 1]
-    dilations = node.attr("dilations") or [1, 1]
-    if dilations != [1, 1]:
-        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
-    out_pad = node.attr("output_padding") or [0, 0]
-    spatial = shape[1:3]
-    full = [(spatial[i] - 1) * strides[i] + kernel[i] + out_pad[i] for i in range(2)]
+    strides = list(node.attr("strides") or [1] * n)
+    dilations = list(node.attr("dilations") or [1] * n)
+    out_pad = list(node.attr("output_padding") or [0] * n)
+    if any(d != 1 for d in dilations):  # a dilated kernel is the kernel with zeros between its taps
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+        wd = np.zeros([*w.shape[:2], *eff], np.float32)
+        wd[(slice(None), slice(None), *[slice(None, None, d) for d in dilations])] = w
+        w, kernel = wd, eff
+    spatial = shape[1:-1]
+    full = [(spatial[i] - 1) * strides[i] + kernel[i] + out_pad[i] for i in range(n)]
+    auto_pad = node.attr("auto_pad", "NOTSET")
     if node.attr("output_shape"):
-        target = list(node.attr("output_shape"))[-2:]
-        total = [full[i] - target[i] for i in range(2)]
-        upper = node.attr("auto_pad", "NOTSET") != "SAME_LOWER"
-        pads = [(t - t // 2, t // 2) if not upper else (t // 2, t - t // 2) for t in total]
-    elif node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        target = [spatial[i] * strides[i] for i in range(2)]
-        total = [full[i] - target[i] for i in range(2)]
-        lower = node.attr("auto_pad") == "SAME_LOWER"
+        target = list(node.attr("output_shape"))[-n:]
+        total = [full[i] - target[i] for i in range(n)]
+        pads = [(t // 2, t - t // 2) if auto_pad == "SAME_UPPER" else (t - t // 2, t // 2) for t in total]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = [spatial[i] * strides[i] for i in range(n)]
+        total = [full[i] - target[i] for i in range(n)]
+        lower = auto_pad == "SAME_LOWER"
         pads = [(t - t // 2, t // 2) if lower else (t // 2, t - t // 2) for t in total]
     else:
-        p = node.attr("pads") or [0, 0, 0, 0]
-        pads = [(p[0], p[2]), (p[1], p[3])]
-    filters = np.transpose(w, [2, 3, 1, 0])  # [kh, kw, C_out, C_in]
-    y = tf.nn.conv2d_transpose(x, filters, [shape[0], *full, w.shape[1]], strides=strides, padding="VALID")
-    y = y[:, pads[0][0]:full[0] - pads[0][1], pads[1][0]:full[1] - pads[1][1], :]
+        p = node.attr("pads") or [0] * (2 * n)
+        pads = [(p[i], p[i + n]) for i in range(n)]
+    if n == 1:  # as 2-D over a height of 1
+        x = tf.expand_dims(x, 1)
+        w = w[:, :, None, :]
+        strides2, full2 = [1, *strides], [1, *full]
+    else:
+        strides2, full2 = strides, full
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    per_in = c_in // group
+    parts = tf.split(x, group, axis=-1) if group > 1 else [x]
+    ys = []
+    for g, part in enumerate(parts):
+        wg = w[g * per_in:(g + 1) * per_in]
+        filters = np.ascontiguousarray(np.transpose(wg, [*range(2, wg.ndim), 1, 0]))  # [k..., C_out, C_in]
+        out_shape = [shape[0], *full2, c_out_g]
+        if len(full2) == 3:
+            ys.append(tf.nn.conv3d_transpose(part, filters, out_shape, strides=[1, *strides2, 1], padding="VALID"))
+        else:
+            ys.append(tf.nn.conv2d_transpose(part, filters, out_shape, strides=strides2, padding="VALID"))
+    y = tf.concat(ys, axis=-1) if len(ys) > 1 else ys[0]
+    if n == 1:
+        y = tf.squeeze(y, 1)
+    # pads crop; negative pads (output_shape past the full output) extend with zeros
+    grow = [[0, 0], *[[max(-b, 0), max(-e, 0)] for b, e in pads], [0, 0]]
+    if any(g for gs in grow for g in gs):
+        y = tf.pad(y, grow)
+    sizes = [f + max(-b, 0) + max(-e, 0) for f, (b, e) in zip(full, pads)]
+    begin = [0, *[max(b, 0) for b, _ in pads], 0]
+    end = [shape[0], *[size - max(e, 0) for size, (_, e) in zip(sizes, pads)], y.shape[-1]]
+    if begin[1:-1] != [0] * n or end[1:-1] != sizes:
+        y = tf.strided_slice(y, begin, end)
     if node.has(2):
         y = tf.nn.bias_add(y, node.x(2))
     return y
@@ -168,16 +204,63 @@ def _pool_geometry(node: Node):
     return n, spatial, kernel, strides, dilations, pads
 
 
+def _tap_pool(node: Node, x, kind: str, p: int = 2):
+    """A pool as an elementwise max/sum over its kernel taps (strided slices of the padded input): any rank,
+    dilations and pads. kind: max, avg or lp."""
+    tf = _tf()
+    n, spatial, kernel, strides, dilations, pads = _pool_geometry(node)
+    shape = node.shape(0)
+    if kind == "max":
+        floor = tf.reduce_min(x)
+        xp = _pad_last(x, pads, value=float(np.finfo(np.float32).min) / 2)
+        xp = tf.maximum(xp, floor) if any(b or e for b, e in pads) else xp
+    else:
+        xp = _pad_last(x, pads) if any(b or e for b, e in pads) else x
+        if kind == "lp":
+            xp = tf.abs(xp) if p == 1 else tf.pow(tf.abs(xp), float(p)) if p != 2 else xp * xp
+    outs = [(size + b + e - ((k - 1) * d + 1)) // s + 1
+            for size, k, s, d, (b, e) in zip(spatial, kernel, strides, dilations, pads)]
+    acc = None
+    for tap in np.ndindex(*kernel):
+        begin = [0, *[t * d for t, d in zip(tap, dilations)], 0]
+        end = [shape[0], *[t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilations, outs, strides)], shape[-1]]
+        part = tf.strided_slice(xp, begin, end, [1, *strides, 1])
+        acc = part if acc is None else (tf.maximum(acc, part) if kind == "max" else acc + part)
+    if kind == "max":
+        return acc
+    if kind == "lp":
+        return acc if p == 1 else tf.sqrt(acc) if p == 2 else tf.pow(acc, 1.0 / p)
+    include = node.attr("count_include_pad", 0)
+    declared = _spatial(node, spatial, kernel, strides, dilations)
+    ones = np.ones(spatial, np.float32)
+    if include:  # pads count, the ceil_mode overhang does not
+        base = np.pad(np.pad(ones, declared, constant_values=1.0),
+                      [(0, e - d[1]) for (_, e), d in zip(pads, declared)])
+    else:
+        base = np.pad(ones, pads)
+    counts = np.zeros(outs, np.float32)
+    for tap in np.ndindex(*kernel):
+        index = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dilations, outs, strides))
+        counts += base[index]
+    return acc / np.maximum(counts, 1.0)[None, ..., None]
+
+
+def _float_pool(node: Node, x):
+    """Integer pools compute in float32 (exact for 8/16-bit values); the emitter casts back."""
+    tf = _tf()
+    return tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
+
+
 @handles("MaxPool", channels_last=True)
 def max_pool(node: Node):
     tf = _tf()
     if len(node.proto.output) > 1 and node.proto.output[1]:
         raise node.fail("unsupported_output", "the Indices output")
     n, spatial, kernel, strides, dilations, pads = _pool_geometry(node)
-    if any(d != 1 for d in dilations):
-        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
+    x = _float_pool(node, node.x(0))
+    if n != 2 or any(d != 1 for d in dilations):
+        return _tap_pool(node, x, "max")
     padding = _padding(pads, spatial, kernel, strides, dilations)
-    x = node.x(0)
     if padding is None:  # pad with the input's minimum, never -inf: keeps int8 ranges usable
         x, padding = _pad_last(x, pads, value=float(np.finfo(np.float32).min) / 2), "VALID"
         x = tf.maximum(x, tf.reduce_min(node.x(0)))
@@ -188,9 +271,9 @@ def max_pool(node: Node):
 def average_pool(node: Node):
     tf = _tf()
     n, spatial, kernel, strides, dilations, pads = _pool_geometry(node)
-    if any(d != 1 for d in dilations):
-        raise node.fail("unsupported_attribute_value", f"dilations {dilations}")
-    x = node.x(0)
+    x = _float_pool(node, node.x(0))
+    if n != 2 or any(d != 1 for d in dilations):
+        return _tap_pool(node, x, "avg")
     padding = _padding(pads, spatial, kernel, strides, dilations)
     include = node.attr("count_include_pad", 0)
     if padding == "VALID" or (padding == "SAME" and not include):
@@ -206,6 +289,43 @@ def average_pool(node: Node):
         inpad = np.pad(np.pad(ones, declared, constant_values=1.0), [(0, e - d[1]) for (_, e), d in zip(pads, declared)])
         counts = _window_sum(inpad, kernel, strides)
     return summed * float(np.prod(kernel)) / counts[None, ..., None]
+
+
+@handles("LpPool", channels_last=True)
+def lp_pool(node: Node):
+    return _tap_pool(node, _float_pool(node, node.x(0)), "lp", node.attr("p", 2))
+
+
+@handles("GlobalLpPool", channels_last=True)
+def global_lp_pool(node: Node):
+    tf = _tf()
+    p = node.attr("p", 2)
+    axes = list(range(1, node.rank(0) - 1))
+    x = node.x(0)
+    if p == 1:
+        return tf.reduce_sum(tf.abs(x), axes, keepdims=True)
+    if p == 2:
+        return tf.sqrt(tf.reduce_sum(x * x, axes, keepdims=True))
+    return tf.pow(tf.reduce_sum(tf.pow(tf.abs(x), float(p)), axes, keepdims=True), 1.0 / p)
+
+
+@handles("LRN", channels_last=True)
+def lrn(node: Node):
+    tf = _tf()
+    size = node.attr("size")
+    alpha, beta, bias = node.attr("alpha", 1e-4), node.attr("beta", 0.75), node.attr("bias", 1.0)
+    x = node.x(0)
+    if size % 2 == 1 and node.rank(0) == 4:
+        return tf.nn.local_response_normalization(x, (size - 1) // 2, bias, alpha / size, beta)
+    # even sizes: the window is [c - floor((size-1)/2), c + ceil((size-1)/2)]
+    c = node.shape(0)[-1]
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = tf.pad(x * x, [[0, 0]] * (node.rank(0) - 1) + [[lo, hi]])
+    acc = None
+    for i in range(size):
+        part = sq[..., i:i + c]
+        acc = part if acc is None else acc + part
+    return x / tf.pow(bias + (alpha / size) * acc, beta)
 
 
 def _window_sum(a: np.ndarray, kernel: list[int], strides: list[int]) -> np.ndarray:
@@ -253,10 +373,11 @@ def layer_norm(node: Node):
     mean = tf.reduce_mean(x, axis=axes, keepdims=True)
     centered = x - mean
     var = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
-    y = centered * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * node.x(1)
+    inv = tf.math.rsqrt(var + node.attr("epsilon", 1e-5))
+    y = centered * inv * node.x(1)
     if node.has(2):
         y = y + node.x(2)
-    return y
+    return [y, mean, inv][:max(1, len(node.proto.output))]
 
 
 @handles("Gemm")
@@ -289,6 +410,8 @@ def matmul(node: Node):
         a = tf.expand_dims(a, 0)
     if rb == 1:
         b = tf.expand_dims(b, -1)
+    if ra == 1 and rb == 1:
+        return tf.reshape(tf.linalg.matmul(a, b), [])
     y = tf.linalg.matmul(a, b)
     if rb == 1:
         y = tf.squeeze(y, -1)
