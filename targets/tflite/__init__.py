@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from accelopt.converters.tf import load_tf
 from accelopt.converters.tf import ops  # noqa: F401  (registers the handlers `check` reads; imports no TF)
@@ -27,7 +27,7 @@ from accelopt.targets.tflite.runner import IO_FILE, LiteRtRunner
 
 MODEL_FILE = "model.tflite"
 # What the target's precision means for the tolerances the artifact is checked with.
-PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "int8", "int8": "int8"}
+PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "int8", "int8": "int8", "int16x8": "int8"}
 # Ops another recipe step removes, by the step: the hint an unsupported op gets.
 HINTS = {
     "com.microsoft": "ORT-only contrib op: set the fuse step's `ort: off` and `transformer: off` (or drop fuse)",
@@ -38,9 +38,11 @@ HINTS = {
 
 
 class TfliteConfig(TargetConfig):
-    precision: Literal["fp32", "fp16", "dynamic", "int8"] = Field(
+    precision: Literal["fp32", "fp16", "dynamic", "int8", "int16x8"] = Field(
         "fp32", description="fp32; fp16 weights; dynamic = int8 weights with float activations; int8 = full "
-                            "integer, calibrated on the recipe's calibration data (required)")
+                            "integer, calibrated on the recipe's calibration data (required); int16x8 = integer "
+                            "with int16 activations and int8 weights (TFLite's 16x8 mode: transformers; few "
+                            "delegates run it, and XNNPACK does not)")
     io_type: Literal["float", "int8", "uint8"] = Field(
         "float", description="int8 precision only: the model's input/output type (float keeps float I/O with "
                              "QUANTIZE/DEQUANTIZE inside; int8/uint8 is what NPUs and the Edge TPU want)")
@@ -50,6 +52,12 @@ class TfliteConfig(TargetConfig):
     resolver: Literal["auto", "builtin", "reference"] = Field(
         "auto", description="LiteRT kernels for validation and timing: auto = optimized + XNNPACK (what apps get), "
                             "builtin = optimized without delegates, reference = the spec's reference kernels")
+
+    @model_validator(mode="after")
+    def _io_type_needs_int8(self):
+        if self.io_type != "float" and self.precision != "int8":
+            raise ValueError(f"io_type {self.io_type} needs precision int8 (got {self.precision})")
+        return self
 
 
 @register_target
@@ -65,7 +73,7 @@ class TfliteTarget(Target):
         super().__init__(config)
 
     def needs(self) -> set[str]:
-        return {"calibration"} if self.config.precision == "int8" else set()
+        return {"calibration"} if self.config.precision in ("int8", "int16x8") else set()
 
     def output_precision(self) -> str:
         return PRECISION[self.config.precision]
@@ -88,7 +96,7 @@ class TfliteTarget(Target):
             self._stage(0, "layout NCHW -> NHWC")
             model, layout = to_channels_last(model)
             meta["layout"] = _layout_summary(layout)
-        if self.config.precision == "int8":
+        if self.config.precision in ("int8", "int16x8"):
             model, meta["masks_softened"] = soften_masks(model)
         self._stage(1, "emitting TF ops")
         try:
@@ -128,10 +136,11 @@ class TfliteTarget(Target):
 
     def _samples(self, emitted) -> list[dict[str, np.ndarray]]:
         """Calibration feeds cut to the signature's static batch, at most `calibration_samples` of them."""
-        if self.config.precision != "int8":
+        if "calibration" not in self.needs():
             return []
         if self.calibration is None:
-            raise ConversionError("tflite: precision int8 needs calibration data (data.calibration or --data)")
+            raise ConversionError(f"tflite: precision {self.config.precision} needs calibration data "
+                                  "(data.calibration or --data)")
         batch = emitted.inputs[0].shape[0] if emitted.inputs and emitted.inputs[0].shape else 1
         feeds = {k: v for k, v in self.calibration.feeds.items()}
         n = min(len(self.calibration), self.config.calibration_samples * batch)
@@ -193,7 +202,7 @@ def _layout_summary(decisions: dict[str, Any]) -> dict[str, Any]:
 
 def _float_fallbacks(facts: dict[str, Any], precision: str) -> list[str]:
     """Ops still computing in float in an int8 model (a float island costs a QUANTIZE/DEQUANTIZE pair)."""
-    if precision != "int8":
+    if precision not in ("int8", "int16x8"):
         return []
     return sorted(k.split(":")[0] for k, n in facts["op_types"].items()
                   if k.endswith(":float32") and not k.startswith(("QUANTIZE", "DEQUANTIZE")))
