@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm clean
+.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm bench-tflite bench-tflite-coverage clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ bench-prune: $(VENV)/.dev
 bench-tvm: $(VENV)/.dev
 	$(PIP) install -q -e '.[tvm]'
 	$(PY) benchmarks/tvm_speed.py
+
+## bench-tflite: real models through tflite-fp32/fp16/int8: accuracy, transposes, LiteRT vs ORT latency
+bench-tflite: $(VENV)/.dev
+	$(PIP) install -q scikit-image
+	$(PY) benchmarks/tflite_export.py
+
+## bench-tflite-coverage: the TFLite lowering on the ONNX backend node tests (fetches the onnx 1.20.1 wheel once)
+bench-tflite-coverage: $(VENV)/.dev
+	cd benchmarks && ../$(PY) tflite_coverage.py --markdown ../docs/tflite-coverage.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 CONVS = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE"}
+# Ops that change what the axes mean: a transpose next to one of them is a real layout change (a detection
+# head's NCHW flatten), not one left between two convolutions of one feature map.
+BARRIERS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "FULLY_CONNECTED", "BATCH_MATMUL"}
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
           10: "float64"}
 
@@ -24,7 +27,8 @@ def _op_names() -> dict[int, str]:
 
 def graph_facts(blob: bytes) -> dict[str, Any]:
     """ops (histogram), op_types (compute type per op kind), transposes (each with producer, consumers, perm and
-    whether it lies between convolutions)."""
+    whether it lies between convolutions: a conv reaches it and it reaches a conv without crossing a reshape or
+    a matmul)."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(blob, 0)
@@ -44,7 +48,7 @@ def graph_facts(blob: bytes) -> dict[str, Any]:
             j = producer.get(int(t))
             if j is not None and j not in seen:
                 seen.add(j)
-                if kinds[j] in CONVS or upstream_conv(j, seen):
+                if kinds[j] in CONVS or (kinds[j] not in BARRIERS and upstream_conv(j, seen)):
                     return True
         return False
 
@@ -53,7 +57,7 @@ def graph_facts(blob: bytes) -> dict[str, Any]:
             for j in consumers.get(int(t), []):
                 if j not in seen:
                     seen.add(j)
-                    if kinds[j] in CONVS or downstream_conv(j, seen):
+                    if kinds[j] in CONVS or (kinds[j] not in BARRIERS and downstream_conv(j, seen)):
                         return True
         return False
 
