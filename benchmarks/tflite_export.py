@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from accelopt import pipeline
 from accelopt.recipes.schema import load_recipe

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from accelopt.converters.tf import ops  # noqa: F401  (registers the handlers)
+from accelopt.converters.tf import ops as _handlers  # noqa: F401  (importing registers the handlers)
 from accelopt.errors import first_line
 from accelopt.converters.tf import load_tf
 from accelopt.converters.tf.patterns import fuse_gelu

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ import onnx
 from pydantic import Field, PositiveInt, model_validator
 
 from accelopt.converters.tf import load_tf
-from accelopt.converters.tf import ops  # noqa: F401  (registers the handlers `check` reads; imports no TF)
+from accelopt.converters.tf import ops as _handlers  # noqa: F401  (registers what `check` reads; no TF)
 from accelopt.converters.tf.registry import CHANNELS_LAST, Unsupported, find_handler
 from accelopt.errors import ConversionError, MissingExtraError
 from accelopt.targets import register_target
