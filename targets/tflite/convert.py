@@ -18,14 +18,16 @@ Precision = Literal["fp32", "fp16", "dynamic", "int8", "int16x8"]
 IoType = Literal["float", "int8", "uint8"]
 
 
-def signature_feeds(emitted: Emitted, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """ONNX-named, ONNX-layout feeds as the signature takes them: its order, its layout, its types."""
-    out = []
+def signature_feeds(emitted: Emitted, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ONNX-named, ONNX-layout feeds as the signature takes them: by its keys, in its layout and types. Keyed,
+    not positional: the converter orders a model's inputs by name, so a list would feed MiniLM's input_ids
+    to its attention mask during calibration."""
+    out = {}
     for spec in emitted.inputs:
         x = np.asarray(feeds[spec.name])
         if spec.channels_last:
             x = np.moveaxis(x, 1, -1)
-        out.append(np.ascontiguousarray(x, dtype=spec.dtype))
+        out[spec.key] = np.require(x, dtype=spec.dtype, requirements="C")
     return out
 
 
