@@ -13,7 +13,8 @@ Models (fetched once by benchmarks/real_models.py into benchmarks/.models, never
 - yolo: NudeNet's YOLOv8n (SiLU everywhere, C2f blocks; nudenet wheel) at 1x3x320x320 on photos that ship in
   scikit-image and scikit-learn; needs `pip install scikit-image`.
 
-Each (model, precision) runs the pipeline with the built-in recipe tflite-<precision>; the figures are the
+Each (model, precision) runs the pipeline with the built-in recipe tflite-fp32, tflite-fp16 or tflite-int8
+(dynamic: tflite-fp32's steps, int16x8: tflite-int8's, with target.options.precision set); the figures are the
 pipeline's own: worst cosine over outputs against the ONNX input model, task accuracy where labels exist, the
 TFLite graph's transposes (all / between two convolutions), and the input model on ONNX Runtime vs the
 .tflite on LiteRT (XNNPACK), both with `--threads` threads, timed side by side.
@@ -78,8 +79,9 @@ CASES: dict[str, Callable[[Path], Case]] = {"digits": digits, "ppocr": ppocr, "m
 
 def run_case(case: Case, precision: str, threads: int, tmp: Path) -> dict:
     label, model, cal, ev, overrides = case
-    recipe = load_recipe(f"tflite-{precision}", [
-        *overrides, f"validation.threads={threads}", "validation.runs=100", "validation.warmup=20",
+    base = {"fp16": "tflite-fp16", "int8": "tflite-int8", "int16x8": "tflite-int8"}.get(precision, "tflite-fp32")
+    recipe = load_recipe(base, [
+        *overrides, f"target.options.precision={precision}", f"validation.threads={threads}", "validation.runs=100", "validation.warmup=20",
         f"data.calibration={{type: npz, path: {cal}}}", f"data.evaluation={{type: npz, path: {ev}}}"])
     report = pipeline.run(model, recipe, pipeline.RunOptions(out_dir=tmp / f"{model.stem}-{precision}",
                                                              use_cache=False))
