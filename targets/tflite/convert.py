@@ -47,9 +47,9 @@ def to_tflite(emitted: Emitted, precision: Precision = "fp32", *, samples: Itera
         if not batches:
             raise ConversionError(f"tflite: full-integer {precision} needs calibration samples")
         converter.representative_dataset = lambda: iter(batches)
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if precision == "int8"
-            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        # 16x8 has no kernel for some ops (CAST): TF's documented way is to let those stay float.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if precision == "int8" else [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         if io_type != "float":
             converter.inference_input_type = tf.int8 if io_type == "int8" else tf.uint8
             converter.inference_output_type = converter.inference_input_type

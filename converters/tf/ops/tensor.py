@@ -141,8 +141,8 @@ def gather(node: Node):
     const = node.const(1)
     if const is not None:
         indices = np.where(const < 0, const + src[axis], const).astype(np.int32)
-    else:  # negative indices are legal in ONNX and not in TFLite's GATHER
-        indices = tf.where(indices < 0, indices + src[axis], indices)
+    else:  # negative indices are legal in ONNX and not in TFLite's GATHER; FLOOR_MOD maps [-n, n) onto [0, n)
+        indices = tf.math.floormod(indices, src[axis])  # (a SELECT here stops 16x8 quantization)
     return tf.gather(node.x(0), indices, axis=axis)
 
 
@@ -300,8 +300,7 @@ def _norm_indices(tf, indices, size):
     """ONNX allows negative indices; TFLite's gathers do not."""
     if isinstance(indices, np.ndarray):
         return np.where(indices < 0, indices + size, indices).astype(np.int32)
-    indices = tf.cast(indices, tf.int32)
-    return tf.where(indices < 0, indices + size, indices)
+    return tf.math.floormod(tf.cast(indices, tf.int32), size)  # [-size, size) -> [0, size)
 
 
 def _full_indices(tf, indices, shape: list[int], axis: int):
@@ -341,8 +340,7 @@ def gather_nd(node: Node):
         indices = np.where(indices < 0, indices + sizes, indices).astype(np.int32)
     else:
         indices = tf.cast(indices, tf.int32)
-        sizes = tf.constant(src[batch:batch + depth], tf.int32)
-        indices = tf.where(indices < 0, indices + sizes, indices)
+        indices = tf.math.floormod(indices, tf.constant(src[batch:batch + depth], tf.int32))
     if batch == 0:
         return tf.gather_nd(node.x(0), indices)
     # batch_dims: prepend the batch coordinates and flatten the batch dims of the output.
@@ -399,7 +397,7 @@ def scatter_nd(node: Node):
         indices = np.where(indices < 0, indices + np.array(shape[:depth]), indices).astype(np.int32)
     else:
         indices = tf.cast(indices, tf.int32)
-        indices = tf.where(indices < 0, indices + tf.constant(shape[:depth], tf.int32), indices)
+        indices = tf.math.floormod(indices, tf.constant(shape[:depth], tf.int32))
     return _scatter(node, node.x(0), indices, node.x(2), node.attr("reduction", "none"))
 
 
