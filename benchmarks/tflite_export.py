@@ -2,6 +2,7 @@
 latency next to ONNX Runtime's on this CPU, measured side by side in one process by the pipeline.
 
     python benchmarks/tflite_export.py [--cases digits,ppocr,minilm,yolo] [--precisions fp32,fp16,int8] [--threads 1]
+                                       [--set target.options.float_head=true]
 
 Models (fetched once by benchmarks/real_models.py into benchmarks/.models, never committed):
 - digits: the bundled CNN (examples/digits), its calibration and labelled evaluation sets: accuracy.
@@ -77,11 +78,11 @@ def yolo(tmp: Path) -> Case:
 CASES: dict[str, Callable[[Path], Case]] = {"digits": digits, "ppocr": ppocr, "minilm": minilm, "yolo": yolo}
 
 
-def run_case(case: Case, precision: str, threads: int, tmp: Path) -> dict:
+def run_case(case: Case, precision: str, threads: int, tmp: Path, extra: list[str]) -> dict:
     label, model, cal, ev, overrides = case
     base = {"fp16": "tflite-fp16", "int8": "tflite-int8", "int16x8": "tflite-int8"}.get(precision, "tflite-fp32")
     recipe = load_recipe(base, [
-        *overrides, f"target.options.precision={precision}", f"validation.threads={threads}", "validation.runs=100", "validation.warmup=20",
+        *overrides, *extra, f"target.options.precision={precision}", f"validation.threads={threads}", "validation.runs=100", "validation.warmup=20",
         f"data.calibration={{type: npz, path: {cal}}}", f"data.evaluation={{type: npz, path: {ev}}}"])
     report = pipeline.run(model, recipe, pipeline.RunOptions(out_dir=tmp / f"{model.stem}-{precision}",
                                                              use_cache=False))
@@ -100,13 +101,15 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="any of fp32,fp16,dynamic,int8,int16x8")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every run, e.g. target.options.float_head=true")
     args = ap.parse_args()
     rows = []
     for name in args.cases.split(","):
         with tempfile.TemporaryDirectory(prefix=f"tflite-{name}-") as d:
             case = CASES[name](Path(d))
             for precision in args.precisions.split(","):
-                rows.append(run_case(case, precision, args.threads, Path(d)))
+                rows.append(run_case(case, precision, args.threads, Path(d), args.set))
                 print(rows[-1], flush=True)
     print(f"\nLiteRT (XNNPACK) vs onnxruntime CPU, batch 1, {args.threads} thread(s), side by side in one process")
     print(f"{'model':24} {'prec':5} {'cosine':>9} {'accuracy':>15} {'T':>3} {'T conv':>6} {'size kB':>9} "

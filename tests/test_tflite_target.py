@@ -272,3 +272,22 @@ def test_int8_calibrates_each_input_with_its_own_data(tmp_path):
     got, want = target.runner(artifact, threads=1).run(one), OrtRunner(model).run(one)
     np.testing.assert_allclose(got["attention_mask_f"], want["attention_mask_f"], atol=0.05)
     assert _cosine(got["y"], want["y"]) >= 0.99
+
+
+def test_float_head_keeps_detection_scores(tmp_path):
+    """A YOLO-style head concatenates boxes (0..320) and scores (0..1); one int8 scale rounds the scores away."""
+    from accelopt.data import Dataset
+
+    model = models.yolo_like_head()
+    rng = np.random.default_rng(0)
+    calibration = Dataset({"x": rng.standard_normal((16, 3, 8, 8)).astype(np.float32)}, None, "test")
+    x = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    want = OrtRunner(model).run(x)["y"][:, 4:]
+    cosines = {}
+    for float_head in (False, True):
+        target = get_target("tflite", {"precision": "int8", "float_head": float_head})
+        target.calibration = calibration
+        artifact = target.lower(model, tmp_path / str(float_head))
+        cosines[float_head] = _cosine(target.runner(artifact, threads=1).run(x)["y"][:, 4:], want)
+    assert cosines[False] < 0.9 and cosines[True] >= 0.999, cosines
+    assert "CONV_2D:int8" in artifact.meta["compute_types"] and "CONCATENATION" in artifact.meta["float_ops_in_int8"]

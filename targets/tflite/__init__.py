@@ -48,6 +48,10 @@ class TfliteConfig(TargetConfig):
     channels_last_inputs: bool = Field(
         False, description="take image inputs as NHWC (what TFLite apps feed) instead of the ONNX model's NCHW")
     calibration_samples: PositiveInt = Field(256, description="int8: calibration samples the converter runs, at most")
+    float_head: bool = Field(
+        False, description="int8/int16x8: keep the ops between the last conv/matmul and each output in float "
+                            "(detection heads that concatenate boxes and class scores: one int8 scale rounds the "
+                            "scores away); not full-integer any more")
     resolver: Literal["auto", "builtin", "reference"] = Field(
         "auto", description="LiteRT kernels for validation and timing: auto = optimized + XNNPACK (what apps get), "
                             "builtin = optimized without delegates, reference = the spec's reference kernels")
@@ -56,6 +60,8 @@ class TfliteConfig(TargetConfig):
     def _io_type_needs_int8(self):
         if self.io_type != "float" and self.precision != "int8":
             raise ValueError(f"io_type {self.io_type} needs precision int8 (got {self.precision})")
+        if self.float_head and (self.precision not in ("int8", "int16x8") or self.io_type != "float"):
+            raise ValueError("float_head needs precision int8 or int16x8 with io_type float")
         return self
 
 
@@ -104,7 +110,7 @@ class TfliteTarget(Target):
             raise ConversionError(f"tflite: {e}") from e
         self._stage(2, f"TFLiteConverter {self.config.precision}")
         blob = to_tflite(emitted, self.config.precision, samples=self._samples(emitted),
-                         io_type=self.config.io_type)
+                         io_type=self.config.io_type, float_head=self.config.float_head)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / MODEL_FILE
         path.write_bytes(blob)

@@ -32,9 +32,10 @@ def signature_feeds(emitted: Emitted, feeds: dict[str, np.ndarray]) -> dict[str,
 
 
 def to_tflite(emitted: Emitted, precision: Precision = "fp32", *, samples: Iterable[dict[str, np.ndarray]] = (),
-              io_type: IoType = "float") -> bytes:
+              io_type: IoType = "float", float_head: bool = False) -> bytes:
     """The FlatBuffer bytes. `samples` (single-sample ONNX feeds) calibrate full-integer int8 (int8 activations)
-    and int16x8 (int16 activations, int8 weights: TFLite's 16x8 mode, for models int8 activations break)."""
+    and int16x8 (int16 activations, int8 weights: TFLite's 16x8 mode, for models int8 activations break).
+    `float_head` keeps the ops after the last conv/matmul before each output in float (see `_selective`)."""
     tf = load_tf()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([emitted.function], emitted.module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -55,9 +56,34 @@ def to_tflite(emitted: Emitted, precision: Precision = "fp32", *, samples: Itera
             converter.inference_output_type = converter.inference_input_type
     try:
         with quiet_native_stderr():
+            if float_head and precision in ("int8", "int16x8"):
+                return _selective(converter, emitted, to_tflite(emitted, "fp32"), batches)
             return converter.convert()
+    except ConversionError:
+        raise
     except Exception as e:  # ConverterError carries MLIR diagnostics over many lines
         raise ConversionError(f"TFLiteConverter failed ({precision}): {_converter_message(e)}") from e
+
+
+def _selective(converter, emitted: Emitted, float_blob: bytes, batches: list[dict[str, np.ndarray]]) -> bytes:
+    """Integer everywhere but the head: the ops between the last conv/matmul and each output stay float, through
+    TF's selective quantization (QuantizationDebugger's denylist). A detection head that concatenates boxes
+    (0..320) and class scores (0..1) needs it: the int8 spec gives CONCATENATION one scale, which rounds the
+    scores away (the tiny YOLO-like test head: scores cosine 0.50 in int8, 0.99998 with a float head)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from accelopt.targets.tflite.inspect import head_tensors
+
+    tf = load_tf()
+    converter.target_spec.supported_ops = [*converter.target_spec.supported_ops, tf.lite.OpsSet.TFLITE_BUILTINS]
+    # The debugger feeds its samples positionally, in the order of the converted model's inputs.
+    order = [d["name"] for d in Interpreter(model_content=float_blob).get_input_details()]
+    keys = sorted((s.key for s in emitted.inputs), key=lambda k: order.index(f"serving_default_{k}:0")
+                  if f"serving_default_{k}:0" in order else len(order))
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=head_tensors(float_blob))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([b[k] for k in keys] for b in batches[:1]), debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 def _converter_message(error: Exception) -> str:

@@ -82,6 +82,30 @@ def graph_facts(blob: bytes) -> dict[str, Any]:
     return {"ops": dict(Counter(kinds).most_common()), "op_types": dict(compute), "transposes": transposes}
 
 
+# Ops with weights: where a model's "head" (the post-processing before its outputs) begins.
+WEIGHTED = CONVS | {"FULLY_CONNECTED", "BATCH_MATMUL"}
+
+
+def head_tensors(blob: bytes) -> list[str]:
+    """Output tensor names of the ops that reach a graph output without passing through a weighted op."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(blob, 0)
+    names = _op_names()
+    graph = model.subgraphs[0]
+    kinds = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
+    producer = {int(t): i for i, op in enumerate(graph.operators) for t in op.outputs}
+    head: set[int] = set()
+    todo = [producer[int(t)] for t in graph.outputs if int(t) in producer]
+    while todo:
+        i = todo.pop()
+        if i in head or kinds[graph.operators[i].opcodeIndex] in WEIGHTED:
+            continue
+        head.add(i)
+        todo += [producer[int(t)] for t in graph.operators[i].inputs if int(t) in producer]
+    return [_name(graph.tensors[int(t)]) for i in sorted(head) for t in graph.operators[i].outputs]
+
+
 def _name(tensor) -> str:
     name = tensor.name
     return name.decode() if isinstance(name, bytes) else str(name)
