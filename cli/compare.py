@@ -9,17 +9,17 @@ import typer
 
 from accelopt.cli.console import out, print_json, table, verdict
 from accelopt.cli.options import SHAPE_HELP, feeds_for, parse_shapes
-from accelopt.converters.onnx_io import load_model
 from accelopt.errors import EXIT_GATE_FAILED, BadInputError
 from accelopt.metrics import TaskSpec, compare_outputs
 from accelopt.report import fmt
 from accelopt.targets.base import run_all
-from accelopt.targets.onnxruntime import OrtRunner
+from accelopt.targets.artifacts import open_runner
 
 
 def compare(
-    reference: Path = typer.Argument(..., help="The reference model (e.g. the original)."),
-    candidate: Path = typer.Argument(..., help="The model to check against it."),
+    reference: Path = typer.Argument(..., help="The reference model (e.g. the original .onnx)."),
+    candidate: Path = typer.Argument(..., help="The model to check against it: .onnx, a .tflite (with its io.json) "
+                                               "or a TVM model.so, as accelopt convert writes them."),
     data: Optional[Path] = typer.Option(None, "--data", help="An .npz with arrays named after the inputs; seeded random data otherwise."),
     samples: int = typer.Option(16, "--samples", help="How many samples to compare."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: per --precision)."),
@@ -33,8 +33,7 @@ def compare(
     would pass. An element fails only where both atol and rtol are exceeded. Exit 1 on mismatch."""
     if task not in ("auto", "raw", "classification", "embedding"):
         raise BadInputError(f"--task {task!r}: expected auto, raw, classification or embedding")
-    ref = OrtRunner(load_model(reference, check=False))
-    cand = OrtRunner(load_model(candidate, check=False))
+    ref, cand = open_runner(reference), open_runner(candidate)
     feeds, source = feeds_for(ref.inputs, data, parse_shapes(shapes), samples)
     ref_out = run_all(ref, feeds)
     spec = TaskSpec(kind=_guess_task(ref_out) if task == "auto" else task)

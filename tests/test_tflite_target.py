@@ -84,6 +84,11 @@ def test_conv_stack_fp32_through_the_cli(cli, tmp_path):
     assert "transposes left in the TFLite graph" in r.out
     layout = next(s for s in report["steps"] if s["name"] == "layout")
     assert layout["within_tolerance"]  # the layout step is checked on ORT like any other
+    r = cli("compare", path, out / "model.tflite", "--samples", "4")
+    assert r.code == 0 and "MATCH" in r.out  # the artifact, by itself, against the ONNX model
+    (out / "io.json").unlink()
+    r = cli("compare", path, out / "model.tflite")
+    assert r.code == 2 and "no io.json next to it" in r.err
 
 
 @pytest.mark.parametrize("precision, min_cosine", [("fp16", 0.999), ("dynamic", 0.99)])
