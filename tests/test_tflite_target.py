@@ -296,3 +296,17 @@ def test_float_head_keeps_detection_scores(tmp_path):
         cosines[float_head] = _cosine(target.runner(artifact, threads=1).run(x)["y"][:, 4:], want)
     assert cosines[False] < 0.9 and cosines[True] >= 0.999, cosines
     assert "CONV_2D:int8" in artifact.meta["compute_types"] and "CONCATENATION" in artifact.meta["float_ops_in_int8"]
+
+
+def test_saved_model_is_written_on_request(tmp_path):
+    import zipfile
+
+    model = models.conv_stack()
+    target, artifact = _lower(model, tmp_path, saved_model=True)
+    archive = artifact.path.parent / "saved_model.zip"
+    assert archive in artifact.files
+    zipfile.ZipFile(archive).extractall(tmp_path / "sm")
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    feeds = _feeds()
+    got = serve(x=tf.constant(feeds["x"]))["y"].numpy()
+    np.testing.assert_allclose(got, OrtRunner(model).run(feeds)["y"], rtol=1e-4, atol=1e-5)

@@ -25,6 +25,7 @@ from accelopt.targets.base import Artifact, Finding, Target, TargetConfig
 from accelopt.targets.tflite.runner import IO_FILE, LiteRtRunner
 
 MODEL_FILE = "model.tflite"
+SAVED_MODEL_FILE = "saved_model.zip"
 # What the target's precision means for the tolerances the artifact is checked with.
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "int8", "int8": "int8", "int16x8": "int8"}
 # Ops another recipe step removes, by the step: the hint an unsupported op gets.
@@ -52,6 +53,9 @@ class TfliteConfig(TargetConfig):
         False, description="int8/int16x8: keep the ops between the last conv/matmul and each output in float "
                             "(detection heads that concatenate boxes and class scores: one int8 scale rounds the "
                             "scores away); not full-integer any more")
+    saved_model: bool = Field(
+        False, description="also write the TF SavedModel the .tflite is converted from, zipped (saved_model.zip): "
+                           "same signature and names, for TF Serving or other TF tools")
     resolver: Literal["auto", "builtin", "reference"] = Field(
         "auto", description="LiteRT kernels for validation and timing: auto = optimized + XNNPACK (what apps get), "
                             "builtin = optimized without delegates, reference = the spec's reference kernels")
@@ -117,6 +121,9 @@ class TfliteTarget(Target):
         io_path = out_dir / IO_FILE
         io_path.write_text(json.dumps({"inputs": [s.to_dict() for s in emitted.inputs],
                                        "outputs": [s.to_dict() for s in emitted.outputs]}, indent=2))
+        files = [path, io_path]
+        if self.config.saved_model:
+            files.append(write_saved_model(emitted, out_dir / SAVED_MODEL_FILE))
         facts = graph_facts(blob)
         tf = load_tf()
         meta.update({
@@ -131,7 +138,7 @@ class TfliteTarget(Target):
             "channels_last_inputs": self.config.channels_last_inputs,
         })
         meta["log"] = _log_lines(meta, emitted)
-        return Artifact(path=path, files=[path, io_path], kind="tflite", meta=meta)
+        return Artifact(path=path, files=files, kind="tflite", meta=meta)
 
     def _stage(self, done: int, what: str) -> None:
         self.emit("target_progress", done=done, total=3, description=f"tflite: {what}")
@@ -150,6 +157,21 @@ class TfliteTarget(Target):
         feeds = {k: v for k, v in self.calibration.feeds.items()}
         n = min(len(self.calibration), self.config.calibration_samples * batch)
         return [{k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n - batch + 1, batch)]
+
+
+def write_saved_model(emitted, path: Path) -> Path:
+    """The emitted module as a SavedModel (serving_default = the same signature), zipped into one file."""
+    import shutil
+    import tempfile
+
+    from accelopt.isolation import quiet_native_stderr
+
+    tf = load_tf()
+    with tempfile.TemporaryDirectory(prefix="accelopt-savedmodel-") as tmp:
+        with quiet_native_stderr():
+            tf.saved_model.save(emitted.module, tmp, signatures={"serving_default": emitted.function})
+        archive = shutil.make_archive(str(path.with_suffix("")), "zip", tmp)
+    return Path(archive)
 
 
 def check_model(model: onnx.ModelProto) -> list[Finding]:
