@@ -267,6 +267,11 @@ def _raw_resolved(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any],
     return raw, base_dir
 
 
+def raw_recipe(ref: str) -> dict[str, Any]:
+    """A recipe as written (its `extends` chain merged), before validation fills in defaults."""
+    return _raw_resolved(ref)[0]
+
+
 def load_recipe(ref: str, overrides: list[str] | None = None) -> Recipe:
     """Resolve a built-in name or a path, apply `--set` overrides, validate everything."""
     raw, base_dir = _raw_resolved(ref)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from accelopt.optimizers import REGISTRY
-from accelopt.recipes.schema import parse_yaml, validate
+from accelopt.recipes.schema import parse_yaml, raw_recipe, validate
 from accelopt.targets import get_target
 
 _TEMPLATE = """\
@@ -16,7 +18,7 @@ name: my-model-{target}
 description: What this recipe is for, in one line.
 
 # Start from a built-in recipe and change only what differs (mappings merge, `steps` replaces):
-# extends: cpu-fp32
+# extends: {base}
 
 # What the model does, so checks compare what matters:
 #   classification (top-1 agreement, accuracy with labels), embedding (per-sample cosine),
@@ -38,9 +40,9 @@ data:
 
 # Ordered steps; each is checked against the input model. Available: {steps}
 # (`accelopt recipes steps` lists every key with its default.)
+# These are {base}'s.
 steps:
-  - simplify: {{}}
-  - fuse: {{}}
+{step_lines}
 
 target:
   name: {target}
@@ -62,8 +64,21 @@ gates:
 """
 
 
+# The built-in recipe each target's starter takes its steps from: what that target needs (TFLite: static
+# shapes and the layout step; TVM: static shapes).
+BASE = {"onnxruntime": "cpu-fp32", "tflite": "tflite-fp32", "tvm": "tvm-cpu"}
+
+
+def _step_lines(recipe: str) -> str:
+    """The recipe's steps as its file writes them (`- fuse: {ort: 'off'}`), one per line."""
+    return "\n".join(f"  - {name}: {yaml.safe_dump(config or {}, default_flow_style=True, width=1000).strip()}"
+                     for step in raw_recipe(recipe)["steps"] for name, config in step.items())
+
+
 def starter_recipe(target: str) -> str:
     get_target(target)  # unknown target -> RecipeError naming the valid ones
-    text = _TEMPLATE.format(target=target, steps=", ".join(sorted(REGISTRY)))
+    base = BASE.get(target, "cpu-fp32")
+    text = _TEMPLATE.format(target=target, steps=", ".join(sorted(REGISTRY)), base=base,
+                            step_lines=_step_lines(base))
     validate(parse_yaml(text), Path.cwd(), source="starter recipe")
     return text

@@ -310,3 +310,14 @@ def test_saved_model_is_written_on_request(tmp_path):
     feeds = _feeds()
     got = serve(x=tf.constant(feeds["x"]))["y"].numpy()
     np.testing.assert_allclose(got, OrtRunner(model).run(feeds)["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_starter_recipe_for_tflite_takes_tflite_fp32_steps(cli, tmp_path):
+    import yaml
+
+    dest = tmp_path / "recipe.yaml"
+    assert cli("recipes", "init", "--target", "tflite", "-o", dest).code == 0
+    text = dest.read_text()
+    assert "# extends: tflite-fp32" in text
+    assert [next(iter(s)) for s in yaml.safe_load(text)["steps"]] == ["simplify", "fix-shapes", "fuse", "layout"]
+    assert cli("recipes", "validate", dest).code == 0
