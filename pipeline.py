@@ -26,7 +26,8 @@ import onnx
 from accelopt import __version__
 from accelopt.analysis import op_delta, op_histogram, summarize
 from accelopt.cache import StepCache, cache_key
-from accelopt.converters.onnx_io import check_model, load_model, model_bytes, sha256_file, staged_dir
+from accelopt.converters.onnx_io import (check_model, load_model, model_bytes, path_bytes, sha256_file, sha256_path,
+                                        staged_dir)
 from accelopt.data import Dataset, RandomSource, load_npz, load_source
 from accelopt.errors import AccelError, BadInputError, ConversionError, first_line
 from accelopt.isolation import library_logs
@@ -312,7 +313,7 @@ def run(model_path: Path, recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
                            "findings": [f.__dict__ for f in findings], "capabilities": target.capabilities(),
                            "lowering": artifact.meta},
                 "final": final,
-                "artifacts": [{"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                "artifacts": [{"path": p.name, "sha256": sha256_path(p), "bytes": path_bytes(p)}
                               for p in artifact.files],
                 "warnings": warnings,
                 "tool_versions": versions,
@@ -327,7 +328,7 @@ def _final_check(target, artifact, recipe: Recipe, ref: Reference, probe: Datase
                  warn: Callable[[str], None], timed: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
     """Numerics of the artifact itself on the target's runtime, then every latency side by side."""
     runner = target.runner(artifact, threads=recipe.validation.threads)
-    final: dict[str, Any] = {"runner": None, "size_bytes": sum(p.stat().st_size for p in artifact.files)}
+    final: dict[str, Any] = {"runner": None, "size_bytes": sum(path_bytes(p) for p in artifact.files)}
     if runner is None:
         warn(f"no {target.name} runtime on this machine: the artifact was not run; numbers are from the last step")
     else:

@@ -39,6 +39,28 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """A file's sha256, or a folder artifact's (a Core ML .mlpackage): over each file's relative path and
+    sha256, in sorted order, so the same content gives the same digest wherever it lies."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in _files_under(path):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def path_bytes(path: str | os.PathLike) -> int:
+    """Size of a file, or of every file in a folder artifact."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in _files_under(path)) if path.is_dir() else path.stat().st_size
+
+
 # Other model formats a user may hand over, by what identifies them: named, instead of "not ONNX".
 OTHER_FORMATS = {".tflite": "TFLite", ".keras": "Keras", ".h5": "Keras/HDF5", ".pb": "TensorFlow",
                  ".pt": "PyTorch", ".pth": "PyTorch", ".mlpackage": "Core ML", ".mlmodel": "Core ML",
@@ -136,8 +158,8 @@ def staged_dir(final: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterat
     final.mkdir(parents=True, exist_ok=True)
     for name in replaces:
         old = final / name
-        if old.is_file() and not (tmp / name).exists():
-            old.unlink()
+        if old.exists() and not (tmp / name).exists():
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     for item in tmp.iterdir():
         dest = final / item.name
         if dest.is_dir() and not dest.is_symlink():

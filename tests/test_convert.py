@@ -425,3 +425,30 @@ def test_a_target_that_fails_to_lower_gives_one_line_and_no_output(cli, conv_bn_
     assert r.code == 3 and len(r.err.strip().splitlines()) == 1
     assert "target onnxruntime failed to lower the model: TypeError: Reshape requires" in r.err
     assert not (tmp_path / "out").exists()
+
+
+def test_folder_artifacts_are_hashed_sized_and_replaced(cli, conv_bn_path, tmp_path, monkeypatch):
+    """A target may ship a folder (Core ML's .mlpackage): the report hashes and sizes its files, and a rerun
+    that no longer writes it removes it."""
+    from accelopt.converters.onnx_io import sha256_path
+    from accelopt.targets.onnxruntime import OnnxRuntimeTarget
+
+    original = OnnxRuntimeTarget.lower
+
+    def with_folder(self, model, out_dir):
+        artifact = original(self, model, out_dir)
+        folder = out_dir / "bundle.pkg"
+        (folder / "Data").mkdir(parents=True)
+        (folder / "Manifest.json").write_text("{}")
+        (folder / "Data" / "weights.bin").write_bytes(b"\0" * 100)
+        artifact.files.append(folder)
+        return artifact
+
+    monkeypatch.setattr(OnnxRuntimeTarget, "lower", with_folder)
+    out = tmp_path / "out"
+    assert cli("convert", conv_bn_path, "-r", "cpu-fp32", "-o", out, *FAST).code == 0
+    entry = next(a for a in _report(out)["artifacts"] if a["path"] == "bundle.pkg")
+    assert entry["bytes"] == 102 and entry["sha256"] == sha256_path(out / "bundle.pkg")
+    monkeypatch.setattr(OnnxRuntimeTarget, "lower", original)
+    assert cli("convert", conv_bn_path, "-r", "cpu-fp32", "-o", out, *FAST).code == 0
+    assert not (out / "bundle.pkg").exists()
