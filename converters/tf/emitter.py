@@ -10,25 +10,20 @@ The signature keeps the ONNX input/output names and types (int64/float64 cast at
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from accelopt.converters.tf import ops as _handlers  # noqa: F401  (importing registers the handlers)
 from accelopt.errors import first_line
 from accelopt.converters.tf import load_tf
 from accelopt.converters.tf.patterns import fuse_gelu
+from accelopt.converters.registry import elem_dtype as _elem_dtype, fold_node, foldable, safe_name
 from accelopt.converters.tf.registry import CHANNELS_LAST, Node, Unsupported, find_handler, narrowed
 from accelopt.optimizers.transposes import nhwc_op
-
-# Ops whose value is not a function of their inputs: never folded.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
 
 
 @dataclass
@@ -53,23 +48,6 @@ class Emitted:
     ops: Counter = field(default_factory=Counter)  # ONNX op types lowered to TF ops
     folded: Counter = field(default_factory=Counter)  # ONNX op types folded to constants
     gelus: int = 0  # Erf-GELU subgraphs fused into one GELU
-
-
-def signature_key(name: str, taken: set[str]) -> str:
-    """A TF-safe signature name for an ONNX tensor name, unique within the signature."""
-    key = re.sub(r"\W", "_", name)
-    key = key if key and key[0].isalpha() else f"t_{key}"
-    base, n = key, 1
-    while key in taken:
-        n += 1
-        key = f"{base}_{n}"
-    taken.add(key)
-    return key
-
-
-def _elem_dtype(value: onnx.ValueInfoProto) -> np.dtype | None:
-    elem = value.type.tensor_type.elem_type
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None
 
 
 def _static_shape(value: onnx.ValueInfoProto) -> list[int]:
@@ -110,9 +88,9 @@ class Emitter:
             shape, dtype = _static_shape(value), _elem_dtype(value)
             last = channels_last_inputs and len(shape) >= 3 and dtype is not None and dtype.kind == "f"
             shape = [shape[i] for i in _to_last(len(shape))] if last else shape
-            self.inputs.append(IoSpec(value.name, signature_key(value.name, taken), shape, dtype, last))
+            self.inputs.append(IoSpec(value.name, safe_name(value.name, taken), shape, dtype, last))
         taken = set()
-        self.outputs = [IoSpec(o.name, signature_key(o.name, taken), [], _elem_dtype(o)) for o in graph.output]
+        self.outputs = [IoSpec(o.name, safe_name(o.name, taken), [], _elem_dtype(o)) for o in graph.output]
         self.ops: Counter = Counter()
         self.folded: Counter = Counter()
 
@@ -160,9 +138,8 @@ class Emitter:
 
         values = [env[name] if name else None for name in proto.input]
         out_dtypes = [self.types.get(name) for name in proto.output]
-        if proto.domain in ("", "ai.onnx") and proto.op_type not in _NONDETERMINISTIC and values \
-                and all(v is None or isinstance(v, np.ndarray) for v in values):
-            results = self._fold(proto, values)
+        if foldable(proto, values):
+            results = fold_node(proto, values, self.opset)
             self.folded[proto.op_type] += 1
         else:
             try:
@@ -203,13 +180,6 @@ class Emitter:
             result = list(result) if isinstance(result, (list, tuple)) else [result]
             result[0] = tf.transpose(result[0], _to_first(len(result[0].shape)))
         return result
-
-    def _fold(self, proto: onnx.NodeProto, values: list[Any]) -> list[np.ndarray]:
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(proto, opsets={"": self.opset})
-        feeds = {name: value for name, value in zip(proto.input, values) if name}
-        return evaluator.run(None, feeds)
 
 
 def emit(model: onnx.ModelProto, *, channels_last_inputs: bool = False) -> Emitted:
