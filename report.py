@@ -174,13 +174,15 @@ COLUMNS = [("step", "step"), ("nodes", "nodes"), ("size", "size"), ("seconds", "
 
 def render_markdown(report: dict[str, Any]) -> str:
     inp = report["input"]
-    lat = report["final"].get("latency") or {}
+    lat = report["final"].get("latency") or report["reference"].get("latency") or {}  # the artifact may be untimed
     lines = [f"# accelopt report: {report['recipe']['name']}", "",
              f"- input: `{inp['path']}` (sha256 `{inp['sha256'][:16]}…`, {inp['node_count']} nodes, "
              f"{inp.get('params', 0):,} parameters, MACs {fmt(inp.get('macs'), ',') if inp.get('macs') else 'unknown'})",
              f"- data: {report['data']['evaluation']['source']}; {report['data']['evaluation']['compared']} samples compared",
              f"- target: {report['target']['name']}; latency at batch {lat.get('batch', '-')}, "
              f"{lat.get('threads', '-')} thread(s), median of {lat.get('runs', '-')} runs",
+             *([f"- artifact numerics checked by: {report['final']['numerics_by']}"]
+               if report["final"].get("numerics_by") else []),
              f"- result: **{'PASSED' if report['passed'] else 'GATE FAILED'}**", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in step_rows(report):

@@ -65,8 +65,8 @@ gates:
 
 
 # The built-in recipe each target's starter takes its steps from: what that target needs (TFLite: static
-# shapes and the layout step; TVM: static shapes).
-BASE = {"onnxruntime": "cpu-fp32", "tflite": "tflite-fp32", "tvm": "tvm-cpu"}
+# shapes and the layout step; TVM and Core ML: static shapes).
+BASE = {"onnxruntime": "cpu-fp32", "tflite": "tflite-fp32", "tvm": "tvm-cpu", "coreml": "coreml-fp16"}
 
 
 def _step_lines(recipe: str) -> str:

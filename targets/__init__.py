@@ -16,7 +16,6 @@ TARGETS: dict[str, type[Target]] = {}
 # Targets on the roadmap, with the module and extra each needs: naming the missing extra (or saying the
 # target is not in this version) beats a bare "unknown target".
 PLANNED: dict[str, tuple[str, str]] = {
-    "coreml": ("coremltools", "coreml"),
     "tensorrt": ("tensorrt", "tensorrt"),
 }
 
@@ -55,4 +54,4 @@ def _option_error(name: str, cls: type[Target], e: ValidationError) -> str:
     return f"target {name}: option {key!r}: {err['msg']}; valid options: {valid}"
 
 
-from accelopt.targets import onnxruntime, tflite, tvm  # noqa: E402,F401  (register themselves)
+from accelopt.targets import coreml, onnxruntime, tflite, tvm  # noqa: E402,F401  (register themselves)

@@ -1,5 +1,5 @@
-"""A runner for any artifact file, picked by its kind, so `accelopt compare` checks a .tflite or a TVM library
-against the ONNX model the same way it checks two ONNX models."""
+"""A runner for any artifact, picked by its kind, so `accelopt compare` checks a .tflite, an .mlpackage or a
+TVM library against the ONNX model the same way it checks two ONNX models."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from accelopt.targets.onnxruntime import OrtRunner
 
 
 def open_runner(path: Path, threads: int | None = None) -> Runner:
-    """.tflite: LiteRT (with the io.json accelopt writes next to it); .so: TVM's VM; anything else: ONNX Runtime."""
+    """.tflite: LiteRT (with the io.json accelopt writes next to it); .mlpackage: Core ML on macOS, the MIL
+    evaluator elsewhere; .so: TVM's VM; anything else: ONNX Runtime."""
     path = Path(path)
     if path.suffix == ".tflite":
         from accelopt.targets.tflite.runner import IO_FILE, LiteRtRunner
@@ -21,6 +22,10 @@ def open_runner(path: Path, threads: int | None = None) -> Runner:
             raise BadInputError(f"{path}: no {IO_FILE} next to it (accelopt writes one with every model.tflite; "
                                 "it maps the ONNX input and output names and layouts)")
         return LiteRtRunner(path, threads=threads)
+    if path.suffix == ".mlpackage":
+        from accelopt.targets.coreml.runner import open_coreml_runner
+
+        return open_coreml_runner(path, threads=threads)
     if path.suffix == ".so":
         from accelopt.targets.tvm.runner import TvmRunner
 

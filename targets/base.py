@@ -92,6 +92,19 @@ class Runner(Protocol):
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats: ...
 
 
+# Ops another recipe step removes, by the step: the hint a target's check gives with an unsupported op.
+STEP_HINTS = {
+    "com.microsoft": "ORT-only contrib op: set the fuse step's `ort: off` and `transformer: off` (or drop fuse)",
+    "Constant": "run simplify first", "If": "run simplify first: it folds constant control flow",
+}
+
+
+def step_hint(node: onnx.NodeProto, hints: dict[str, str] = STEP_HINTS) -> str:
+    """' (what to do)' for an op a step would remove, else ''."""
+    hint = hints.get(node.domain) or hints.get(node.op_type)
+    return f" ({hint})" if hint else ""
+
+
 @dataclass
 class Finding:
     severity: str  # "error" | "warning" | "info"

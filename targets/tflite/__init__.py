@@ -21,7 +21,7 @@ from accelopt.converters.tf import ops as _handlers  # noqa: F401  (registers wh
 from accelopt.converters.tf.registry import CHANNELS_LAST, Unsupported, find_handler
 from accelopt.errors import ConversionError, MissingExtraError
 from accelopt.targets import register_target
-from accelopt.targets.base import Artifact, Finding, Target, TargetConfig
+from accelopt.targets.base import STEP_HINTS, Artifact, Finding, Target, TargetConfig, step_hint
 from accelopt.targets.tflite.runner import IO_FILE, LiteRtRunner
 
 MODEL_FILE = "model.tflite"
@@ -30,8 +30,7 @@ SAVED_MODEL_FILE = "saved_model.zip"
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "int8", "int8": "int8", "int16x8": "int8"}
 # Ops another recipe step removes, by the step: the hint an unsupported op gets.
 HINTS = {
-    "com.microsoft": "ORT-only contrib op: set the fuse step's `ort: off` and `transformer: off` (or drop fuse)",
-    "Constant": "run simplify first", "If": "run simplify first: it folds constant control flow",
+    **STEP_HINTS,
     "QLinearConv": "quantize to QDQ (the quantize step's default) or let this target quantize: precision: int8",
     "QLinearMatMul": "quantize to QDQ (the quantize step's default) or let this target quantize: precision: int8",
 }
@@ -196,9 +195,8 @@ def check_model(model: onnx.ModelProto) -> list[Finding]:
         op_type, domain = (nhwc[0], "") if nhwc else (node.op_type, node.domain)
         if find_handler(domain, op_type) is not None:
             continue
-        hint = HINTS.get(node.domain) or HINTS.get(node.op_type)
         findings.append(Finding("error", f"{domain or 'ai.onnx'}::{op_type} has no TFLite lowering"
-                                         + (f" ({hint})" if hint else ""), node.name or node.output[0]))
+                                         + step_hint(node, HINTS), node.name or node.output[0]))
     return findings
 
 
