@@ -70,7 +70,8 @@ class Quantize(Pass):
             out = self._speed_guard(model, out, job, config, ctx)
         else:
             ctx.decide("speed", "not measured: " + ("speed_guard is off" if not config.speed_guard else
-                                                    "int8 speed of the tensorrt profile is measured on the GPU"))
+                                                    f"int8 speed of the {settings.profile} profile is measured on its "
+                                                    "device, not on ONNX Runtime"))
         ctx.decide("excluded", job.excluded)
         if job.wide:
             ctx.decide("int16", job.wide)

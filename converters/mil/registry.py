@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from accelopt.converters.mil import DEPLOYMENT_TARGETS, target_at_least
-from accelopt.converters.registry import OnnxNode, OpRegistry, Unsupported, narrow_array
+from accelopt.converters.registry import OnnxNode, OpRegistry, Unsupported, foldable, narrow_array
 
 # MIL computes in fp32/fp16/int32/bool: other integer types are computed as int32 (Q/DQ handlers alone see int8)
 _MIL_DTYPES = {"float32": "fp32", "float16": "fp16", "int32": "int32", "bool": "bool", "int8": "int8",
@@ -91,10 +91,18 @@ Check = Callable[[Any, int], list[tuple[str, str]]]  # (NodeProto, opset) -> [(r
 REGISTRY = OpRegistry("MIL")
 
 
-def handles(*op_types: str, domain: str = "", since: str = "iOS15", check: Check | None = None) -> Callable:
+def handles(*op_types: str, domain: str = "", since: str = "iOS15", check: Check | None = None,
+            sees_constants: bool = False) -> Callable:
     """Register a MIL handler for the ONNX op types given; `since` is the oldest deployment target that has
-    what it builds, `check` a static test of the node's attributes (see the module docstring)."""
-    return REGISTRY.handles(*op_types, domain=domain, since=since, check=check)
+    what it builds, `check` a static test of the node's attributes (see the module docstring).
+    `sees_constants`: the handler is called even when all inputs are constants, instead of the translator
+    folding the node (DequantizeLinear keeps int8 weights compressed; it returns numpy arrays to fold)."""
+    return REGISTRY.handles(*op_types, domain=domain, since=since, check=check, sees_constants=sees_constants)
+
+
+def folds(proto: Any, values: list[Any]) -> bool:
+    """Whether the translator folds the node to constants rather than calling its handler."""
+    return foldable(proto, values) and not REGISTRY.facts(proto.domain, proto.op_type).get("sees_constants")
 
 
 find_handler = REGISTRY.find

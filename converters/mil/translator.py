@@ -20,8 +20,8 @@ import onnx
 
 from accelopt.converters.mil import load_ct
 from accelopt.converters.mil import ops as _handlers  # noqa: F401  (importing registers the handlers)
-from accelopt.converters.mil.registry import Node, as_compute, compute_dtype, find_handler, mil_dtype
-from accelopt.converters.registry import Unsupported, elem_dtype, fold_node, foldable, safe_name
+from accelopt.converters.mil.registry import Node, as_compute, compute_dtype, find_handler, folds, mil_dtype
+from accelopt.converters.registry import Unsupported, elem_dtype, fold_node, safe_name
 from accelopt.errors import first_line
 
 MAX_RANK = 5  # Core ML's limit for runtime tensors
@@ -101,12 +101,13 @@ class Translator:
         from coremltools.converters.mil import Builder as mb
         from coremltools.converters.mil.mil import Function, Program, types
 
-        placeholders = {s.key: mb.placeholder(shape=s.shape, dtype=types.string_to_builtin(s.mil))
+        # Core ML has no rank-0 model inputs or outputs: scalars cross as shape [1] (the runners reshape).
+        placeholders = {s.key: mb.placeholder(shape=s.shape or [1], dtype=types.string_to_builtin(s.mil))
                         for s in self.inputs}
         with Function(placeholders, opset_version=getattr(ct.target, self.target)) as fn:
             env: dict[str, Any] = dict(self.constants)
             for spec in self.inputs:
-                value = fn.inputs[spec.key]
+                value = fn.inputs[spec.key] if spec.shape else mb.squeeze(x=fn.inputs[spec.key])
                 want = mil_dtype(compute_dtype(spec.dtype)) if spec.dtype.kind != "f" else spec.mil
                 env[spec.name] = mb.cast(x=value, dtype=want) if want != spec.mil else value
             for proto in self.model.graph.node:
@@ -124,7 +125,12 @@ class Translator:
         if isinstance(value, np.ndarray):
             value = mb.identity(x=as_compute(value))
         spec.mil = io_type(spec.dtype, self.target)
+        if any(not isinstance(d, (int, np.integer)) for d in value.shape):
+            raise Unsupported("dynamic_shape", f"output {spec.name!r} has a data-dependent shape {value.shape}; "
+                                               "Core ML outputs need static shapes here")
         spec.shape = [int(d) for d in value.shape]
+        if not spec.shape:
+            value = mb.reshape(x=value, shape=[1])
         have = mil_dtype(np.dtype(_np_type(value)))
         if have != spec.mil:
             return mb.cast(x=value, dtype=spec.mil, name=spec.key)
@@ -139,7 +145,7 @@ class Translator:
 
         values = [env[name] if name else None for name in proto.input]
         out_dtypes = [self.types.get(name) for name in proto.output]
-        if foldable(proto, values):
+        if folds(proto, values):
             results = fold_node(proto, values, self.opset)
             self.folded[proto.op_type] += 1
         else:

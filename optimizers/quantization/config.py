@@ -43,10 +43,11 @@ class QuantizeConfig(PassConfig):
         "static", description="static: calibrated QDQ int8 (CNNs, fastest on CPU); dynamic: int8 weights, "
                               "activations quantized per call (MatMul-heavy models without calibration data); "
                               "weight-only: int4 MatMulNBits (LLM-style MatMuls)")
-    profile: Literal["auto", "ort-cpu", "tensorrt"] = Field(
-        "auto", description="type defaults per runtime; auto follows the recipe's target (tensorrt -> tensorrt, "
-                            "anything else -> ort-cpu): ort-cpu = U8S8 per-channel, reduce_range only without "
-                            "VNNI; tensorrt = symmetric int8, float bias, Q/DQ on Conv/Gemm/MatMul")
+    profile: Literal["auto", "ort-cpu", "tensorrt", "coreml"] = Field(
+        "auto", description="type defaults per runtime; auto follows the recipe's target (tensorrt, coreml, anything "
+                            "else -> ort-cpu): ort-cpu = U8S8 per-channel, reduce_range only without VNNI; tensorrt "
+                            "and coreml = symmetric int8, float bias, Q/DQ on Conv/Gemm/MatMul (Core ML: weights "
+                            "become int8 constexpr weights, activations quantize/dequantize, iOS17+)")
     activation_type: Literal["uint8", "int8"] | None = Field(None,
                                                              description="activation type; null = profile default")
     weight_type: Literal["uint8", "int8"] | None = Field(None, description="weight type; null = profile default")
@@ -59,8 +60,8 @@ class QuantizeConfig(PassConfig):
     percentile: float = Field(99.999, gt=0, le=100, description="calibration percentile: the kept share of values")
     samples: int = Field(128, ge=1, description="use at most this many calibration samples")
     op_types: list[str] | None = Field(
-        None, description="op types to quantize; null = the library's default for the mode (tensorrt profile: "
-                          "Conv/Gemm/MatMul)")
+        None, description="op types to quantize; null = the library's default for the mode (tensorrt and "
+                          "coreml profiles: Conv/Gemm/MatMul)")
     exclude_op_types: list[str] = Field(default_factory=list, description="op types left in float")
     exclude_nodes: list[str] = Field(
         default_factory=list, description="node names (after quant_pre_process, as the step's decisions list "

@@ -14,11 +14,15 @@ from accelopt.targets import get_target
 
 QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 WEIGHTED = ["Conv", "Gemm", "MatMul"]
-# TensorRT-ready explicit QDQ (notes §7): zero points 0, Q/DQ pairs on weights, no int32 bias DequantizeLinear.
-TRT_EXTRA = {"ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
-             "DedicatedQDQPair": True, "OpTypesToExcludeOutputQuantization": WEIGHTED,
-             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "QDQKeepRemovableActivations": True,
-             "QuantizeBias": False}
+# Explicit QDQ for TensorRT (notes §7) and Core ML: zero points 0, Q/DQ pairs on weights, no int32 bias
+# DequantizeLinear (Core ML's dequantize takes int8/uint8 only).
+EXPLICIT_EXTRA = {"ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
+                  "DedicatedQDQPair": True, "OpTypesToExcludeOutputQuantization": WEIGHTED,
+                  "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "QDQKeepRemovableActivations": True,
+                  "QuantizeBias": False}
+# Profiles of runtimes that read Q/DQ as "compute this in int8" (TensorRT, Core ML's W8A8), not as ORT's fusable
+# patterns: both want symmetric int8 and Q/DQ pairs on the weights.
+EXPLICIT_QDQ = frozenset({"tensorrt", "coreml"})
 # What quantize_static quantizes when no op types are given (its own default).
 STATIC_OPS = frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
 # The MatMul-like part of quantize_dynamic's defaults. Conv is left out (ConvInteger: 1.17x, and only with uint8
@@ -53,7 +57,8 @@ def target_of(ctx: PassContext) -> Any:
 def _profile(config: QuantizeConfig, ctx: PassContext) -> str:
     if config.profile != "auto":
         return config.profile
-    return "tensorrt" if target_of(ctx).name == "tensorrt" else "ort-cpu"
+    name = target_of(ctx).name
+    return name if name in EXPLICIT_QDQ else "ort-cpu"
 
 
 def _reduce_range(config: QuantizeConfig, act: QuantType, weight: QuantType, flags: set[str]) -> tuple[bool, str]:
@@ -72,13 +77,13 @@ def _reduce_range(config: QuantizeConfig, act: QuantType, weight: QuantType, fla
 def resolve_settings(config: QuantizeConfig, ctx: PassContext) -> Settings:
     """Profile defaults, then the recipe's overrides."""
     profile = _profile(config, ctx)
-    trt = profile == "tensorrt"
-    act = QUANT_TYPES[config.activation_type or ("int8" if trt and config.mode != "dynamic" else "uint8")]
+    explicit = profile in EXPLICIT_QDQ
+    act = QUANT_TYPES[config.activation_type or ("int8" if explicit and config.mode != "dynamic" else "uint8")]
     weight = QUANT_TYPES[config.weight_type or "int8"]
-    if trt:
-        reduce, why = bool(config.reduce_range), "set in the recipe" if config.reduce_range else "TensorRT: full int8"
+    if explicit:
+        reduce, why = bool(config.reduce_range), "set in the recipe" if config.reduce_range else f"{profile}: full int8"
     else:
         reduce, why = _reduce_range(config, act, weight, set(target_of(ctx).capabilities().get("cpu_flags", [])))
-    op_types = config.op_types or (WEIGHTED if trt and config.mode == "static" else None)
+    op_types = config.op_types or (WEIGHTED if explicit and config.mode == "static" else None)
     return Settings(profile, act, weight, True if config.per_channel is None else config.per_channel,
-                    reduce, why, op_types, dict(TRT_EXTRA) if trt else {})
+                    reduce, why, op_types, dict(EXPLICIT_EXTRA) if explicit else {})

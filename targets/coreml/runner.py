@@ -53,11 +53,13 @@ class _IoMapped:
         for spec in self._in:
             if spec["name"] not in feeds:
                 raise BadInputError(f"coreml runner: missing input {spec['name']!r}")
-            args[spec["key"]] = np.asarray(feeds[spec["name"]]).astype(_NP[spec["mil"]], copy=False)
+            value = np.asarray(feeds[spec["name"]]).astype(_NP[spec["mil"]], copy=False)
+            args[spec["key"]] = value if value.ndim else value.reshape(1)  # scalars cross as shape [1]
         return args
 
     def _results(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {s["name"]: np.asarray(out[s["key"]]).astype(s["dtype"], copy=False) for s in self._out}
+        return {s["name"]: np.asarray(out[s["key"]]).astype(s["dtype"], copy=False).reshape(s["shape"])
+                for s in self._out}
 
     def bench(self, feeds: dict[str, np.ndarray], warmup: int = 5, runs: int = 50) -> LatencyStats:
         return wall_clock_bench(self, feeds, warmup, runs)
