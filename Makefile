@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm bench-tflite bench-tflite-coverage clean
+.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm bench-tflite bench-tflite-coverage bench-coreml-coverage clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-tflite: $(VENV)/.dev
 ## bench-tflite-coverage: the TFLite lowering on the ONNX backend node tests (fetches the onnx 1.20.1 wheel once)
 bench-tflite-coverage: $(VENV)/.dev
 	cd benchmarks && ../$(PY) tflite_coverage.py --markdown ../docs/tflite-coverage.md
+
+## bench-coreml-coverage: the Core ML lowering on the ONNX backend node tests, run by the numpy MIL evaluator
+bench-coreml-coverage: $(VENV)/.dev
+	$(PIP) install -q -e '.[coreml]'
+	cd benchmarks && ../$(PY) coreml_coverage.py --markdown ../docs/coreml-coverage.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
