@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/digits
 
-.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm bench-tflite bench-tflite-coverage bench-coreml-coverage clean
+.PHONY: demo test venv bench bench-quantize bench-prune bench-tvm bench-tflite bench-tflite-coverage bench-coreml bench-coreml-coverage clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +58,12 @@ bench-tflite: $(VENV)/.dev
 bench-tflite-coverage: $(VENV)/.dev
 	cd benchmarks && ../$(PY) tflite_coverage.py --markdown ../docs/tflite-coverage.md
 
+## bench-coreml: real models through coreml-fp32/fp16 and int8 weight compression: numerics (MIL evaluator), size
+bench-coreml: $(VENV)/.dev
+	$(PY) benchmarks/coreml_export.py
+
 ## bench-coreml-coverage: the Core ML lowering on the ONNX backend node tests, run by the numpy MIL evaluator
 bench-coreml-coverage: $(VENV)/.dev
-	$(PIP) install -q -e '.[coreml]'
 	cd benchmarks && ../$(PY) coreml_coverage.py --markdown ../docs/coreml-coverage.md
 
 clean:

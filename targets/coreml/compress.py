@@ -34,7 +34,7 @@ class CompressionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["none", "linear", "palettize", "prune"] = Field(
-        "none", description="weight compression after conversion (needs deployment target iOS16+): linear = int8/"
+        "none", description="weight compression after conversion (iOS16+; none keeps float weights): linear = int8/"
                             "int4 weights with scales; palettize = each weight an index into a lookup table of "
                             "2^nbits values; prune = the smallest weights set to zero and stored sparse")
     weight_threshold: NonNegativeInt = Field(
@@ -62,6 +62,8 @@ class CompressionConfig(BaseModel):
 
     @model_validator(mode="after")
     def _options_fit_mode(self):
+        if self.mode == "none":  # options stay in the recipe while compression is switched off
+            return self
         foreign = sorted(k for k in self.model_fields_set if any(k in o for o in _OPTIONS.values())
                          and k not in _OPTIONS.get(self.mode, ()))
         if foreign:
