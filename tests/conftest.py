@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import pytest
 
 from accelopt.cli.app import main
 from tests import models
+
+# coremltools draws a tqdm bar per pass pipeline; tests import it directly (importorskip) before accelopt's
+# loader could turn them off.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @pytest.fixture(autouse=True)
