@@ -181,3 +181,23 @@ def test_starter_recipe_for_coreml_takes_coreml_fp16_steps(cli, tmp_path):
     assert "# extends: coreml-fp16" in text
     assert [next(iter(s)) for s in yaml.safe_load(text)["steps"]] == ["simplify", "fix-shapes", "fuse"]
     assert cli("recipes", "validate", dest).code == 0
+
+
+def test_accelopt_quantized_model_stays_int8_on_core_ml(cli, tmp_path):
+    """The quantize step picks the coreml profile (symmetric int8 Q/DQ on Conv/Gemm/MatMul) for this target;
+    the lowering keeps the weights int8 (constexpr) and the activations as quantize/dequantize."""
+    recipe = tmp_path / "w8a8.yaml"
+    recipe.write_text("version: 1\nname: coreml-w8a8\nextends: coreml-fp16\nsteps:\n  - simplify: {}\n"
+                      "  - fix-shapes: {}\n  - fuse: {ort: 'off', transformer: 'off'}\n  - quantize: {mode: static}\n")
+    out = tmp_path / "out"
+    r = cli("convert", *DIGITS, "--recipe", recipe, "-o", out, *FAST,
+            "--set", f"data.calibration={{type: npz, path: {EXAMPLES / 'calibration.npz'}}}")
+    assert r.code == 0, r.err
+    report = _report(out)
+    quantize = next(s for s in report["steps"] if s["name"] == "quantize")
+    assert quantize["decisions"]["profile"] == "coreml" and quantize["decisions"]["activation_type"] == "QInt8"
+    lowering = report["target"]["lowering"]
+    ops = {o["op"] for o in lowering["ops"]}
+    assert {"quantize", "dequantize"} <= ops
+    assert lowering["compressed_weights"]
+    assert report["final"]["accuracy_drop"] <= 0.01
