@@ -217,8 +217,22 @@ def _log_lines(meta: dict[str, Any]) -> list[str]:
         lines.append(f"fp16 model: ops computing in fp32: {', '.join(meta['fp32_ops_in_fp16'])}")
     if meta["compressed_weights"]:
         lines.append("compressed weights: " + ", ".join(f"{k} x{n}" for k, n in meta["compressed_weights"].items()))
-    lines += [f"compression: {line}" for line in meta["compression"].get("log", [])]
+    c = meta["compression"]
+    if c.get("mode", "none") != "none":
+        unused = {"block_size": "per_block", "group_size": "per_grouped_channel"}
+        options = ", ".join(f"{k} {v}" for k, v in c.items() if k not in _COUNTS and k != "mode"
+                            and unused.get(k, c.get("granularity")) == c.get("granularity"))
+        lines.append(f"compression {c['mode']} ({options}): {c['weights_compressed']} weight(s) "
+                     f"{_kb(c['bytes_before'])} -> {_kb(c['bytes_after'])}; {c['weights_skipped']} left uncompressed "
+                     f"({_kb(c['bytes_skipped'])}: under weight_threshold or not fitting the granularity)")
     return lines
+
+
+_COUNTS = {"weights_compressed", "weights_skipped", "bytes_before", "bytes_after", "bytes_skipped"}
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} kB"
 
 
 __all__ = ["CoremlTarget", "DEPLOYMENT_TARGETS", "MACOS", "check_model"]
