@@ -18,8 +18,9 @@ from accelopt.targets.artifacts import open_runner
 
 def compare(
     reference: Path = typer.Argument(..., help="The reference model (e.g. the original .onnx)."),
-    candidate: Path = typer.Argument(..., help="The model to check against it: .onnx, a .tflite (with its io.json) "
-                                               "or a TVM model.so, as accelopt convert writes them."),
+    candidate: Path = typer.Argument(..., help="The model to check against it: .onnx, a .tflite (with its io.json), "
+                                               "a Core ML .mlpackage (Core ML on macOS, accelopt's MIL evaluator "
+                                               "elsewhere) or a TVM model.so, as accelopt convert writes them."),
     data: Optional[Path] = typer.Option(None, "--data", help="An .npz with arrays named after the inputs; seeded random data otherwise."),
     samples: int = typer.Option(16, "--samples", help="How many samples to compare."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: per --precision)."),
