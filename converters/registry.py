@@ -164,6 +164,16 @@ def safe_name(name: str, taken: set[str]) -> str:
     return key
 
 
+def static_shape(value: onnx.ValueInfoProto, lowering: str) -> list[int]:
+    """A graph input's dims, which must all be pinned: the lowerings work on static shapes."""
+    dims = value.type.tensor_type.shape.dim
+    if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+        shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+        raise Unsupported("dynamic_shape", f"input {value.name!r} has dynamic shape {shown}; {lowering} needs static "
+                                           "shapes: pin it with input.shapes or the fix-shapes step")
+    return [d.dim_value for d in dims]
+
+
 def elem_dtype(value: onnx.ValueInfoProto) -> np.dtype | None:
     elem = value.type.tensor_type.elem_type
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None

@@ -21,7 +21,7 @@ import onnx
 from accelopt.converters.mil import load_ct
 from accelopt.converters.mil import ops as _handlers  # noqa: F401  (importing registers the handlers)
 from accelopt.converters.mil.registry import Node, as_compute, compute_dtype, find_handler, folds, mil_dtype
-from accelopt.converters.registry import Unsupported, elem_dtype, fold_node, safe_name
+from accelopt.converters.registry import Unsupported, elem_dtype, fold_node, safe_name, static_shape
 from accelopt.errors import first_line
 
 MAX_RANK = 5  # Core ML's limit for runtime tensors
@@ -58,15 +58,6 @@ def io_type(dtype: np.dtype, target: str) -> str:
     return "fp32" if mil == "fp16" and not target_at_least(target, "iOS16") else mil
 
 
-def static_shape(value: onnx.ValueInfoProto) -> list[int]:
-    dims = value.type.tensor_type.shape.dim
-    if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-        shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
-        raise Unsupported("dynamic_shape", f"input {value.name!r} has dynamic shape {shown}; the Core ML lowering "
-                                           "needs static shapes: pin it with input.shapes or the fix-shapes step")
-    return [d.dim_value for d in dims]
-
-
 class Translator:
     """Translates one ONNX graph; `translate` is the entry point."""
 
@@ -89,7 +80,7 @@ class Translator:
             if dtype is None or dtype.kind not in "fiub":
                 raise Unsupported("unsupported_type", f"input {value.name!r} is a {dtype or 'non-tensor'} input; "
                                                       "Core ML takes numeric arrays")
-            self.inputs.append(IoSpec(value.name, safe_name(value.name, self.taken), static_shape(value), dtype,
+            self.inputs.append(IoSpec(value.name, safe_name(value.name, self.taken), static_shape(value, "the Core ML lowering"), dtype,
                                       io_type(dtype, target)))
         self.outputs = [IoSpec(o.name, safe_name(o.name, self.taken), [], elem_dtype(o) or np.dtype(np.float32),
                                "") for o in graph.output]

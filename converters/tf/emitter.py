@@ -21,7 +21,7 @@ from accelopt.converters.tf import ops as _handlers  # noqa: F401  (importing re
 from accelopt.errors import first_line
 from accelopt.converters.tf import load_tf
 from accelopt.converters.tf.patterns import fuse_gelu
-from accelopt.converters.registry import elem_dtype as _elem_dtype, fold_node, foldable, safe_name
+from accelopt.converters.registry import elem_dtype as _elem_dtype, fold_node, foldable, safe_name, static_shape
 from accelopt.converters.tf.registry import CHANNELS_LAST, Node, Unsupported, find_handler, narrowed
 from accelopt.optimizers.transposes import nhwc_op
 
@@ -50,15 +50,6 @@ class Emitted:
     gelus: int = 0  # Erf-GELU subgraphs fused into one GELU
 
 
-def _static_shape(value: onnx.ValueInfoProto) -> list[int]:
-    dims = value.type.tensor_type.shape.dim
-    if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-        shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
-        raise Unsupported("dynamic_shape", f"input {value.name!r} has dynamic shape {shown}; TFLite needs static "
-                                           "shapes: pin it with input.shapes or the fix-shapes step")
-    return [d.dim_value for d in dims]
-
-
 def _to_last(rank: int) -> list[int]:
     return [0, *range(2, rank), 1]
 
@@ -85,7 +76,7 @@ class Emitter:
         for value in graph.input:
             if value.name in self.constants:
                 continue
-            shape, dtype = _static_shape(value), _elem_dtype(value)
+            shape, dtype = static_shape(value, "TFLite"), _elem_dtype(value)
             last = channels_last_inputs and len(shape) >= 3 and dtype is not None and dtype.kind == "f"
             shape = [shape[i] for i in _to_last(len(shape))] if last else shape
             self.inputs.append(IoSpec(value.name, safe_name(value.name, taken), shape, dtype, last))
