@@ -9,7 +9,6 @@ nothing here imports it until a model is translated or evaluated: the registry a
 from __future__ import annotations
 
 import functools
-import gc
 import importlib.util
 import logging
 import os
@@ -51,7 +50,4 @@ def load_ct() -> ModuleType:
     finally:
         logger.setLevel(level)
     logger.setLevel(logging.ERROR)  # its passes log each rewrite at WARNING ("dtype mismatch") otherwise
-    # ct.convert calls gc.collect() on every conversion, which walks the heap TensorFlow and torch left (0.6 s of
-    # a 0.65 s conversion of one op); frozen, the objects alive now are skipped: 0.05 s.
-    gc.freeze()
     return coremltools

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from accelopt.converters.mil import load_ct
@@ -20,6 +21,12 @@ def to_mlmodel(translated: Translated, precision: str = "fp16", fp32_ops: list[s
         keep = set(fp32_ops or [])
         compute = ct.transform.FP16ComputePrecision(
             op_selector=lambda op: op.op_type not in keep and op.name not in keep)
-    with quiet_native_stderr():
-        return ct.convert(translated.program, convert_to="mlprogram", compute_precision=compute,
-                          minimum_deployment_target=getattr(ct.target, translated.target), skip_model_load=True)
+    # ct.convert calls gc.collect(), which walks the whole heap TensorFlow and torch left behind; frozen for the
+    # call, the objects alive before it are skipped (a one-op model converted in 0.05 s instead of 0.68 s).
+    gc.freeze()
+    try:
+        with quiet_native_stderr():
+            return ct.convert(translated.program, convert_to="mlprogram", compute_precision=compute,
+                              minimum_deployment_target=getattr(ct.target, translated.target), skip_model_load=True)
+    finally:
+        gc.unfreeze()

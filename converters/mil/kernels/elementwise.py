@@ -12,12 +12,23 @@ import numpy as np
 from accelopt.converters.mil.kernels import Args, kernel
 
 
+def _kernel(op_type: str):
+    """`kernel`, with numpy's floating-point warnings off: inf and nan are results here (log(0), 1/0,
+    asin(2)), as they are in Core ML."""
+
+    def register(fn):
+        kernel(op_type)(np.errstate(all="ignore")(fn))
+        return fn
+
+    return register
+
+
 def _unary(op_type: str, fn) -> None:
-    kernel(op_type)(lambda a: fn(np.asarray(a("x"))))
+    _kernel(op_type)(lambda a: fn(np.asarray(a("x"))))
 
 
 def _binary(op_type: str, fn) -> None:
-    kernel(op_type)(lambda a: fn(np.asarray(a("x")), np.asarray(a("y"))))
+    _kernel(op_type)(lambda a: fn(np.asarray(a("x")), np.asarray(a("y"))))
 
 
 _ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
@@ -76,12 +87,12 @@ for _op, _fn in {
     _binary(_op, _fn)
 
 
-@kernel("floor_div")
+@_kernel("floor_div")
 def floor_div(a: Args):
     return np.floor_divide(a("x"), a("y"))
 
 
-@kernel("pow")
+@_kernel("pow")
 def power(a: Args):
     """Integer powers computed in float64 and truncated by the evaluator (numpy refuses negative integer
     exponents)."""
@@ -89,93 +100,93 @@ def power(a: Args):
     return np.power(x.astype(np.float64), y) if x.dtype.kind in "iu" else np.power(x, y)
 
 
-@kernel("inverse")
+@_kernel("inverse")
 def inverse(a: Args):
     return 1 / (np.asarray(a("x")) + a("epsilon", 1e-4))
 
 
-@kernel("log")
+@_kernel("log")
 def log(a: Args):
     return np.log(np.asarray(a("x")) + a("epsilon", 1e-45))
 
 
-@kernel("rsqrt")
+@_kernel("rsqrt")
 def rsqrt(a: Args):
     return 1 / np.sqrt(np.asarray(a("x")) + a("epsilon", 1e-12))
 
 
-@kernel("clip")
+@_kernel("clip")
 def clip(a: Args):
     return np.minimum(np.maximum(a("x"), a("alpha")), a("beta"))
 
 
-@kernel("threshold")
+@_kernel("threshold")
 def threshold(a: Args):
     return np.maximum(a("x"), a("alpha"))
 
 
-@kernel("cast")
+@_kernel("cast")
 def cast(a: Args):
     return np.asarray(a("x")).astype(a.out_dtype)
 
 
-@kernel("select")
+@_kernel("select")
 def select(a: Args):
     return np.where(a("cond"), a("a"), a("b"))
 
 
-@kernel("leaky_relu")
+@_kernel("leaky_relu")
 def leaky_relu(a: Args):
     x = np.asarray(a("x"))
     return np.where(x >= 0, x, x * a("alpha"))
 
 
-@kernel("prelu")
+@_kernel("prelu")
 def prelu(a: Args):
     x = np.asarray(a("x"))
     return np.maximum(x, 0) + np.minimum(x, 0) * _per_channel(a, "alpha", x.ndim)
 
 
-@kernel("elu")
+@_kernel("elu")
 def elu(a: Args):
     x = np.asarray(a("x"))
     return np.where(x > 0, x, a("alpha") * np.expm1(np.minimum(x, 0)))
 
 
-@kernel("thresholded_relu")
+@_kernel("thresholded_relu")
 def thresholded_relu(a: Args):
     x = np.asarray(a("x"))
     return np.where(x >= a("alpha"), x, 0)
 
 
-@kernel("clamped_relu")
+@_kernel("clamped_relu")
 def clamped_relu(a: Args):
     x, beta = np.asarray(a("x")), a("beta")
     return np.minimum(np.maximum(x, 0), beta) + np.minimum(np.minimum(x, 0) * a("alpha"), beta)
 
 
-@kernel("linear_activation")
+@_kernel("linear_activation")
 def linear_activation(a: Args):
     return a("alpha") * np.asarray(a("x")) + a("beta")
 
 
-@kernel("scaled_tanh")
+@_kernel("scaled_tanh")
 def scaled_tanh(a: Args):
     return a("alpha") * np.tanh(a("beta") * np.asarray(a("x")))
 
 
-@kernel("sigmoid_hard")
+@_kernel("sigmoid_hard")
 def sigmoid_hard(a: Args):
     return np.clip(a("alpha") * np.asarray(a("x")) + a("beta"), 0, 1)
 
 
-@kernel("softplus_parametric")
+@_kernel("softplus_parametric")
 def softplus_parametric(a: Args):
     x = np.asarray(a("x"))
     return _per_channel(a, "alpha", x.ndim) * _softplus(x * _per_channel(a, "beta", x.ndim))
 
 
-@kernel("gelu")
+@_kernel("gelu")
 def gelu(a: Args):
     x = np.asarray(a("x"), dtype=np.float32)
     mode = a("mode", "EXACT")

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from accelopt.converters.mil.registry import Node, compute_dtype, handles, mil_dtype
+from accelopt.converters.registry import Unsupported
 
 
 def _mb():
@@ -64,6 +65,13 @@ def _trunc_div(a: Any, b: Any) -> Any:
     return mb.mul(x=mb.mul(x=mb.sign(x=a), y=mb.sign(x=b)), y=quotient)
 
 
+def _floor_mod(x: Any, y: Any, dtype: np.dtype) -> Any:
+    """x - floor(x / y) * y: the divisor's sign (a float floor_div is avoided, see the module docstring)."""
+    mb = _mb()
+    quotient = mb.floor(x=mb.real_div(x=x, y=y)) if dtype.kind == "f" else mb.floor_div(x=x, y=y)
+    return mb.sub(x=x, y=mb.mul(x=quotient, y=y))
+
+
 # ONNX op -> MIL op for binary ops whose semantics agree (numeric or bool operands of one type).
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Equal": "equal", "Less": "less", "Greater": "greater",
            "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal", "And": "logical_and",
@@ -108,14 +116,9 @@ def mod(node: Node):
     fmod = node.attr("fmod", 0)
     if dtype.kind == "f" and not fmod:
         raise node.fail("unsupported_attribute_value", "fmod=0 on floats (ONNX requires fmod=1)")
-
-    def floor_mod(x, y):
-        quotient = mb.floor(x=mb.real_div(x=x, y=y)) if dtype.kind == "f" else mb.floor_div(x=x, y=y)
-        return mb.sub(x=x, y=mb.mul(x=quotient, y=y))
-
     if not fmod:
-        return floor_mod(a, b)
-    return mb.mul(x=mb.sign(x=a), y=floor_mod(mb.abs(x=a), mb.abs(x=b)))
+        return _floor_mod(a, b, dtype)
+    return mb.mul(x=mb.sign(x=a), y=_floor_mod(mb.abs(x=a), mb.abs(x=b), dtype))
 
 
 @handles("Max", "Min", "Sum", "Mean")
@@ -193,12 +196,17 @@ def _check_gelu(proto: onnx.NodeProto, opset: int) -> list[tuple[str, str]]:
     return []
 
 
+def _refuse(node: Node, check) -> None:
+    """Raise the first finding of a handler's static check, if any."""
+    found = check(node.proto, node.opset)
+    if found:
+        raise Unsupported(*found[0])
+
+
 @handles("Gelu", check=_check_gelu)
 def gelu(node: Node):
-    mode = node.attr("approximate", "none")
-    if mode not in _GELU:
-        raise node.fail("unsupported_attribute_value", f"approximate={mode!r} (ONNX defines none and tanh)")
-    return _mb().gelu(x=node.x(0), mode=_GELU[mode])
+    _refuse(node, _check_gelu)
+    return _mb().gelu(x=node.x(0), mode=_GELU[node.attr("approximate", "none")])
 
 
 @handles("LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "ThresholdedRelu")
@@ -283,15 +291,14 @@ def where(node: Node):
     """MIL select takes its output shape from a and b alone: when the condition is larger, one of them is
     broadcast to the full shape first (a constant one where there is one)."""
     (a, b), _ = _operands(node, [1, 2])
-    cond = node.x(0)
-    shapes = [list(np.shape(v)) if _is_const(v) else node.shape(i) for i, v in ((0, cond), (1, a), (2, b))]
-    full = list(np.broadcast_shapes(*map(tuple, shapes)))
-    if list(np.broadcast_shapes(tuple(shapes[1]), tuple(shapes[2]))) != full:
+    cond_shape, a_shape, b_shape = (tuple(node.shape(i)) for i in range(3))
+    full = list(np.broadcast_shapes(cond_shape, a_shape, b_shape))
+    if list(np.broadcast_shapes(a_shape, b_shape)) != full:
         if _is_const(b) and not _is_const(a):
             b = _broadcast_to(b, full)
         else:
             a = _broadcast_to(a, full)
-    return _mb().select(cond=cond, a=a, b=b)
+    return _mb().select(cond=node.x(0), a=a, b=b)
 
 
 # ONNX element types Core ML can compute (the rest: strings, bfloat16, float8, int4, complex).
@@ -321,23 +328,18 @@ def _cast(node: Node, x: Any, target: np.dtype) -> Any:
     want = compute_dtype(target)
     source = node.dtype(0)
     x = mb.cast(x=x, dtype=mil_dtype(want)) if source != want else mb.identity(x=x)
-    if target.kind in "iu" and target.itemsize < 4 and source.kind in "iu":
+    if target.kind in "iu" and target.itemsize < 4 and source.kind in "iu":  # (x - min) mod 2^bits + min
         info = np.iinfo(target)
-        span = _scalar(int(info.max) - int(info.min) + 1, want)
         low = _scalar(int(info.min), want)
-        shifted = mb.sub(x=x, y=low)
-        wrapped = mb.sub(x=shifted, y=mb.mul(x=mb.floor_div(x=shifted, y=span), y=span))
+        wrapped = _floor_mod(mb.sub(x=x, y=low), _scalar(int(info.max) - int(info.min) + 1, want), want)
         x = mb.add(x=wrapped, y=low)
     return x
 
 
 @handles("Cast", check=_check_cast)
 def cast(node: Node):
-    to = _cast_to(node.proto)
-    if to not in _CASTABLE:
-        raise node.fail("unsupported_type", f"to={onnx.TensorProto.DataType.Name(to)}: Core ML computes in fp32, "
-                                            "fp16, int32 and bool")
-    return _cast(node, node.x(0), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to)))
+    _refuse(node, _check_cast)
+    return _cast(node, node.x(0), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(_cast_to(node.proto))))
 
 
 @handles("CastLike")
