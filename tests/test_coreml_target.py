@@ -201,3 +201,51 @@ def test_accelopt_quantized_model_stays_int8_on_core_ml(cli, tmp_path):
     assert {"quantize", "dequantize"} <= ops
     assert lowering["compressed_weights"]
     assert report["final"]["accuracy_drop"] <= 0.01
+
+
+def test_deployment_target_too_old_for_an_op_exits_3_naming_the_node(cli, tmp_path):
+    """Activation quantize/dequantize came with iOS17: the check refuses the QDQ model for iOS16 before any
+    conversion, naming each node."""
+    recipe = tmp_path / "w8a8.yaml"
+    recipe.write_text("version: 1\nname: coreml-w8a8\nextends: coreml-fp16\nsteps:\n  - simplify: {}\n"
+                      "  - fix-shapes: {}\n  - quantize: {mode: static}\ntarget:\n  name: coreml\n  options:\n"
+                      "    deployment_target: iOS16\n")
+    out = tmp_path / "out"
+    r = cli("convert", *DIGITS, "--recipe", recipe, "-o", out, *FAST,
+            "--set", f"data.calibration={{type: npz, path: {EXAMPLES / 'calibration.npz'}}}")
+    assert r.code == 3, r.err
+    assert "target coreml cannot take the model" in r.err
+    assert "QuantizeLinear needs deployment target iOS17 or newer (have iOS16)" in r.err
+    assert "_QuantizeLinear: " in r.err  # the node's name leads each problem
+    assert not out.exists()
+
+
+def test_macos_runner_maps_names_and_types_through_predict(monkeypatch, tmp_path):
+    """On macOS the runner calls MLModel.predict. No Mac here: a stand-in MLModel whose predict runs the MIL
+    evaluator checks the wiring (feature names, array types, scalar and output reshapes) of that path."""
+    import platform
+
+    from accelopt.converters.mil.evaluate import run_program
+    from accelopt.targets.coreml import runner as coreml_runner
+
+    model = models.conv_stack()
+    target, artifact = _lower(model, tmp_path)
+    evaluator = coreml_runner.MilRunner.from_package(artifact.path)
+    real_mlmodel = coremltools.models.MLModel
+
+    class PredictingModel:
+        def __init__(self, path: str, compute_units=None):
+            self.compute_units = compute_units
+            self.user_defined_metadata = real_mlmodel(path, skip_model_load=True).user_defined_metadata
+
+        def predict(self, features: dict) -> dict:
+            assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in features.values())
+            return run_program(evaluator.program, features)
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(coremltools.models, "MLModel", PredictingModel)
+    runner = target.runner(artifact)
+    assert isinstance(runner, coreml_runner.CoreMLRunner) and runner.timed
+    assert runner.model.compute_units == coremltools.ComputeUnit.ALL
+    feeds = _feeds()
+    np.testing.assert_array_equal(runner.run(feeds)["y"], evaluator.run(feeds)["y"])
