@@ -19,6 +19,7 @@ from accelopt.converters.mil.registry import REGISTRY  # noqa: E402
 from accelopt.converters.mil.translator import translate  # noqa: E402
 from accelopt.converters.registry import Unsupported  # noqa: E402
 from accelopt.targets.coreml.convert import to_mlmodel  # noqa: E402
+from accelopt.targets.onnxruntime import OrtRunner  # noqa: E402
 from tests.coreml_util import assert_matches_ort, coreml_outputs  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -268,6 +269,48 @@ def test_matmul():
                       runtime=[RNG.integers(-5, 5, (3, 4)).astype(np.int32)]),
     }
     assert_matches_ort(*build(cases), atol=1e-5, rtol=1e-5)
+
+
+def compressed_dense_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Gemm (transB=1 with a bias, transB=0) and MatMul whose weights are DequantizeLinear of int8 constants
+    (per output channel): each weight becomes a constexpr op, so B is a compressed Var, not a constant."""
+    nodes, inits, inputs, outputs, feeds = [], [], [], [], {}
+    for name, op, shape, axis, attrs in [("gemm_t", "Gemm", (16, 32), 0, {"transB": 1}),
+                                         ("gemm", "Gemm", (32, 16), 1, {}),
+                                         ("matmul", "MatMul", (32, 16), 1, {})]:
+        q = RNG.integers(-127, 128, shape).astype(np.int8)
+        scale = RNG.uniform(0.001, 0.01, shape[axis]).astype(np.float32)
+        zero = RNG.integers(-3, 4, shape[axis]).astype(np.int8)
+        inits += [numpy_helper.from_array(q, f"{name}_q"), numpy_helper.from_array(scale, f"{name}_s"),
+                  numpy_helper.from_array(zero, f"{name}_z")]
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_w"],
+                                      axis=axis))
+        operands = [f"{name}_x", f"{name}_w"]
+        if name == "gemm_t":
+            inits.append(numpy_helper.from_array(rand(16), f"{name}_c"))
+            operands.append(f"{name}_c")
+        nodes.append(helper.make_node(op, operands, [name], name=name, **attrs))
+        feeds[f"{name}_x"] = rand(3, 32)
+        inputs.append(helper.make_tensor_value_info(f"{name}_x", TensorProto.FLOAT, [3, 32]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, 16]))
+    graph = helper.make_graph(nodes, "compressed_dense", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10), feeds
+
+
+@pytest.mark.parametrize("target", ["iOS17", "iOS18"])
+def test_compressed_weights_make_linear(target):
+    """A compressed B (iOS17: constexpr_affine_dequantize, iOS18: constexpr_blockwise_shift_scale) is linear's
+    weight as a constant B is; B [K, N] (Gemm transB=0, MatMul) as a constexpr op of the transposed data. ORT runs
+    unoptimized: its QDQ fusions turn DequantizeLinear -> MatMul into an integer matmul of x quantized on the fly,
+    which is not the float product ONNX defines."""
+    model, feeds = compressed_dense_model()
+    program = to_mlmodel(translate(model, target), "fp32")._mil_program
+    ops = program.functions["main"].operations
+    assert [op.op_type for op in ops].count("linear") == 3
+    assert {op.op_type for op in ops if op.op_type.startswith("constexpr_")}
+    got = coreml_outputs(model, feeds, target=target)
+    for name, want in OrtRunner(model, optimization_level="disabled").run(feeds).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 # ---------------------------------------------------------------------------------------------- softmax family

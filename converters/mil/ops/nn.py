@@ -19,6 +19,8 @@ from onnx import helper
 
 from accelopt.converters.mil.kernels.nn import bilinear_matrix, nearest_index, window_count
 from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.onnx_args import (ceil_extra, conv_pads, conv_transpose_pads, legacy_scales, resize_coeffs,
+                                           resize_inputs, resize_matrix, resize_shape, strides_dilations)
 
 
 def _mb():
@@ -57,32 +59,13 @@ def _raise_check(node: Node, check) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-def _onnx_pads(node: Node, spatial: list[int], kernel: list[int], strides: list[int],
-               dilations: list[int]) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial dim, as ONNX defines it (auto_pad, else pads)."""
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small = total // 2
-            pads.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        return pads
-    if auto_pad == "VALID":
-        return [(0, 0)] * len(spatial)
-    pads = node.attr("pads") or [0] * (2 * len(spatial))
-    return [(pads[i], pads[i + len(spatial)]) for i in range(len(spatial))]
-
-
 def _interleave(pads: list[tuple[int, int]]) -> list[int]:
     return [int(p) for pair in pads for p in pair]
 
 
 def _geometry(node: Node, kernel: list[int]):
-    n = len(kernel)
-    strides = list(node.attr("strides") or [1] * n)
-    dilations = list(node.attr("dilations") or [1] * n)
-    return strides, dilations, _onnx_pads(node, node.shape(0)[2:], kernel, strides, dilations)
+    strides, dilations = strides_dilations(node, len(kernel))
+    return strides, dilations, conv_pads(node, node.shape(0)[2:], kernel, strides, dilations)
 
 
 def _spatial_rank(node: Node, allowed: tuple[int, ...] = (1, 2, 3)) -> int:
@@ -106,28 +89,6 @@ def conv(node: Node):
                       groups=node.attr("group", 1), pad_type="custom", pad=_interleave(pads))
 
 
-def _conv_transpose_pads(node: Node, spatial, kernel, strides, dilations, out_pad) -> list[tuple[int, int]]:
-    """ConvTranspose's (begin, end) crop of the full output: pads, or what output_shape / auto_pad imply (ONNX:
-    SAME_UPPER puts the odd one at the end, otherwise at the beginning). Negative values grow the output."""
-    n = len(spatial)
-    full = [(d - 1) * s + (k - 1) * dl + 1 + op for d, s, k, dl, op in zip(spatial, strides, kernel, dilations,
-                                                                           out_pad)]
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    target = None
-    if node.attr("output_shape"):
-        target = list(node.attr("output_shape"))[-n:]
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = [d * s for d, s in zip(spatial, strides)]
-    if target is None:
-        if auto_pad == "VALID":
-            return [(0, 0)] * n
-        p = node.attr("pads") or [0] * (2 * n)
-        return [(p[i], p[i + n]) for i in range(n)]
-    totals = [f - t for f, t in zip(full, target)]
-    upper = auto_pad == "SAME_UPPER"
-    return [(t // 2, t - t // 2) if upper else (t - t // 2, t // 2) for t in totals]
-
-
 @handles("ConvTranspose")
 def conv_transpose(node: Node):
     """conv_transpose crops its full output by `pad`; output_padding (rows at the end that only the bias
@@ -136,11 +97,9 @@ def conv_transpose(node: Node):
     n = _spatial_rank(node)
     weight = node.need_const(1, "weight")
     kernel = list(node.attr("kernel_shape") or weight.shape[2:])
-    strides = list(node.attr("strides") or [1] * n)
-    dilations = list(node.attr("dilations") or [1] * n)
+    strides, dilations = strides_dilations(node, n)
     out_pad = list(node.attr("output_padding") or [0] * n)
-    spatial = node.shape(0)[2:]
-    crops = _conv_transpose_pads(node, spatial, kernel, strides, dilations, out_pad)
+    crops = conv_transpose_pads(node, node.shape(0)[2:], kernel, strides, dilations, out_pad)
     # the full output without output_padding is cropped by (b, e - out_pad); what is left negative grows it
     cut = [(max(b, 0), max(e - op, 0)) for (b, e), op in zip(crops, out_pad)]
     grow = [(max(-b, 0), max(op - e, 0)) for (b, e), op in zip(crops, out_pad)]
@@ -169,19 +128,6 @@ def _check_pool(proto, opset: int) -> list[tuple[str, str]]:
     return found
 
 
-def _ceil_extra(spatial, kernel, strides, dilations, pads) -> list[int]:
-    """ceil_mode's extra end padding, so the last partial window counts as ONNX computes the output size (a
-    window that would start in the end padding is dropped)."""
-    extra = []
-    for size, k, s, d, (b, e) in zip(spatial, kernel, strides, dilations, pads):
-        span = (k - 1) * d + 1
-        out = math.ceil((size + b + e - span) / s) + 1
-        if (out - 1) * s >= size + b:
-            out -= 1
-        extra.append(max((out - 1) * s + span - (size + b + e), 0))
-    return extra
-
-
 @handles("MaxPool", "AveragePool", "LpPool", check=_check_pool)
 def pool(node: Node):
     mb = _mb()
@@ -190,7 +136,7 @@ def pool(node: Node):
     kernel = list(node.attr("kernel_shape"))
     strides, dilations, pads = _geometry(node, kernel)
     spatial = node.shape(0)[2:]
-    extra = _ceil_extra(spatial, kernel, strides, dilations, pads) if node.attr("ceil_mode", 0) else [0] * n
+    extra = ceil_extra(spatial, kernel, strides, dilations, pads) if node.attr("ceil_mode", 0) else [0] * n
     full = [(b, e + x) for (b, e), x in zip(pads, extra)]
     args = dict(x=_float(node), kernel_sizes=kernel, strides=strides, pad_type="custom", pad=_interleave(full))
     if node.op_type == "MaxPool":
@@ -323,20 +269,56 @@ def lrn(node: Node):
 
 
 # ---------------------------------------------------------------------------------------------- dense math
+def _compressed_weight(node: Node, transposed: bool):
+    """B as `linear`'s weight [N, K] when it is a 2-D compressed weight (the output of a constexpr op, e.g. int8
+    data dequantized on load, which linear takes where it takes a constant): that output, or for B [K, N] a
+    constexpr op of the transposed data. None otherwise."""
+    b = node.values[1]
+    if isinstance(b, np.ndarray) or b.op is None or not b.op.op_type.startswith("constexpr_"):
+        return None
+    if node.rank(1) != 2 or node.dtype(1) != node.dtype(0):
+        return None
+    return b if transposed else _transposed_constexpr(b.op)
+
+
+def _transposed_constexpr(op):
+    """A constexpr op whose output is the transpose of 2-D `op`'s, or None for a constexpr op not handled here."""
+    mb = _mb()
+
+    def t(value):  # contiguous: coremltools serialises a transposed view's memory as is
+        return np.ascontiguousarray(value.T)
+
+    if op.op_type == "constexpr_affine_dequantize":
+        return mb.constexpr_affine_dequantize(quantized_data=t(op.quantized_data.val), zero_point=op.zero_point.val,
+                                              scale=op.scale.val, axis=1 - op.axis.val)
+    if op.op_type == "constexpr_blockwise_shift_scale":
+        offset = None if op.offset is None else t(op.offset.val)
+        return mb.constexpr_blockwise_shift_scale(data=t(op.data.val), scale=t(op.scale.val), offset=offset)
+    return None
+
+
+def _linear_weight(node: Node, alpha: float, trans_b: bool):
+    """Gemm's alpha * B' as `linear`'s weight [N, K]: from a constant B, or a compressed one when alpha is 1;
+    None for any other B."""
+    b = node.const(1)
+    if b is not None:
+        return np.ascontiguousarray(_typed(node, alpha * (b if trans_b else b.T).astype(np.float64)))
+    return _compressed_weight(node, trans_b) if alpha == 1.0 else None
+
+
 @handles("Gemm")
 def gemm(node: Node):
-    """alpha*A'B' + beta*C. A constant B folds alpha in: `linear` (weight [N, K]), with beta*C as its bias when C
-    is constant and broadcasts along rows; otherwise matmul with its transpose flags, then the scalings."""
+    """alpha*A'B' + beta*C. A constant or compressed B (`_linear_weight`) makes `linear`, with beta*C as its bias
+    when C is constant and broadcasts along rows; otherwise matmul with its transpose flags, then the scalings."""
     mb = _mb()
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
     trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
-    b = node.const(1)
     c = node.const(2) if node.has(2) else None
-    if b is not None and not trans_a and node.dtype(0).kind == "f":
-        weight = _typed(node, alpha * (b if trans_b else b.T).astype(np.float64))
+    weight = _linear_weight(node, alpha, trans_b) if not trans_a and node.dtype(0).kind == "f" else None
+    if weight is not None:
         row = c is not None and (c.ndim < 2 or c.shape[0] == 1)
         bias = _typed(node, np.broadcast_to(beta * c.astype(np.float64).reshape(-1), weight.shape[:1])) if row else None
-        y = mb.linear(x=node.x(0), weight=np.ascontiguousarray(weight), bias=bias)
+        y = mb.linear(x=node.x(0), weight=weight, bias=bias)
         if row:
             return y
     else:
@@ -352,10 +334,14 @@ def gemm(node: Node):
 
 @handles("MatMul")
 def matmul(node: Node):
-    """MIL's matmul broadcasts batch dims like numpy, but mis-types a 1-D x against a batched y and rejects a 1-D
-    y: those become a row / column and back."""
+    """A compressed 2-D B (`_compressed_weight`) makes `linear` (x of rank 1 to 3). MIL's matmul broadcasts batch
+    dims like numpy, but mis-types a 1-D x against a batched y and rejects a 1-D y: those become a row / column and
+    back."""
     mb = _mb()
     x, y = node.x(0), node.x(1)
+    weight = _compressed_weight(node, False) if node.dtype(0).kind == "f" and node.rank(0) <= 3 else None
+    if weight is not None:
+        return mb.linear(x=x, weight=weight)
     if node.rank(0) == 1 and node.rank(1) > 2:
         row = x.reshape(1, -1) if isinstance(x, np.ndarray) else mb.expand_dims(x=x, axes=[0])
         return mb.squeeze(x=mb.matmul(x=row, y=y), axes=[-2])
@@ -464,70 +450,24 @@ _ROUND = {"floor": np.floor, "ceil": np.ceil, "round_prefer_floor": lambda x: np
 
 
 def _sampling(node: Node, size: int, out: int, scale: float, mode: str, coord: str, nearest_mode: str) -> np.ndarray:
-    """ONNX's (out x size) matrix along one axis: nearest picks rounded coordinates; linear and cubic are onnx's
-    reference Resize applied to an identity basis."""
+    """ONNX's (out x size) matrix along one axis: nearest picks rounded coordinates as ONNX Runtime computes them
+    (onnx's reference differs: it lacks tf_half_pixel_for_nn and maps pytorch_half_pixel's single output pixel
+    to -0.5); linear and cubic are onnx's reference Resize applied to an identity basis (`onnx_args`)."""
     if mode == "nearest":
         if nearest_mode not in _ROUND:
             raise node.fail("unsupported_attribute_value", f"nearest_mode={nearest_mode!r}")
         idx = np.clip(_ROUND[nearest_mode](_x_original(coord, size, out, scale)), 0, size - 1).astype(np.int64)
         return np.eye(size)[idx]
-    try:
-        from onnx.reference.ops.op_resize import _cubic_coeffs, _cubic_coeffs_antialias, _interpolate_1d_along_axis
-        from onnx.reference.ops.op_resize import _linear_coeffs, _linear_coeffs_antialias
-    except ImportError as e:  # onnx < 1.19: no vectorised 1-D resize
-        raise node.fail("unsupported_op", f"mode {mode!r} needs onnx >= 1.19's reference Resize ({e})") from None
-    antialias = bool(node.attr("antialias", 0))
-    if mode == "linear":
-        fn = _linear_coeffs_antialias if antialias else _linear_coeffs
-    else:
-        cubic, a = (_cubic_coeffs_antialias if antialias else _cubic_coeffs), node.attr("cubic_coeff_a", -0.75)
-
-        def fn(ratio, scale):
-            return cubic(ratio, scale, A=a)
-    m = _interpolate_1d_along_axis(np.eye(size), 0, scale, out, fn, coordinate_transformation_mode=coord,
-                                   exclude_outside=bool(node.attr("exclude_outside", 0)))
-    return np.asarray(m, np.float64)
-
-
-def _out_sizes(node: Node, shape: list[int], scales, sizes) -> tuple[list[int], list[float]]:
-    """Output size and ONNX scale per axis, from scales or sizes (with axes and keep_aspect_ratio_policy)."""
-    rank = len(shape)
-    axes = [a % rank for a in (node.attr("axes") or range(rank))]
-    if sizes is not None:
-        out = list(shape)
-        for a, s in zip(axes, sizes):
-            out[a] = int(s)
-        scale = [o / s for o, s in zip(out, shape)]
-        policy = node.attr("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            pick = (min if policy == "not_larger" else max)(scale[a] for a in axes)
-            scale = [pick if a in axes else 1.0 for a in range(rank)]
-            out = [int(pick * shape[a] + 0.5) if a in axes else shape[a] for a in range(rank)]
-        return out, scale
-    scale = [1.0] * rank
-    for a, s in zip(axes, scales):
-        scale[a] = float(s)
-    # ONNX Runtime's size: the float32 product, truncated
-    return [int(np.float32(s) * np.float32(d)) for s, d in zip(scale, shape)], scale
+    coeffs = resize_coeffs(node, mode, nearest_mode)
+    return resize_matrix(node, size, out, scale, coeffs, coord)[0]
 
 
 def _resize_args(node: Node):
     """(scales, sizes, mode, coordinate mode, nearest mode) of Resize (every opset) or Upsample."""
     mode = {"bilinear": "linear"}.get(node.attr("mode", "nearest"), node.attr("mode", "nearest"))
     if node.op_type == "Upsample" or node.opset < 11:
-        scales = node.attr("scales") if node.op_type == "Upsample" else None  # an attribute before opset 9
-        if scales is None:
-            scales = node.need_const(1, "scales").tolist()
-        return list(scales), None, mode, "asymmetric", "floor"
-    scales = node.const(2) if node.has(2) else None
-    sizes = node.const(3) if node.has(3) else None
-    if (node.has(2) and scales is None) or (node.has(3) and sizes is None):
-        raise node.fail("requires_constant_input", "constant scales/sizes (run simplify and fix-shapes first)")
-    scales = scales.tolist() if scales is not None and scales.size else None
-    sizes = sizes.tolist() if sizes is not None and sizes.size else None
-    if scales is None and sizes is None:
-        raise node.fail("unsupported_attribute_value", "neither scales nor sizes")
-    return (scales, sizes, mode, node.attr("coordinate_transformation_mode", "half_pixel"),
+        return legacy_scales(node), None, mode, "asymmetric", "floor"
+    return (*resize_inputs(node), mode, node.attr("coordinate_transformation_mode", "half_pixel"),
             node.attr("nearest_mode", "round_prefer_floor"))
 
 
@@ -556,7 +496,7 @@ def resize(node: Node):
     shape = node.shape(0)
     rank = len(shape)
     scales, sizes, mode, coord, nearest_mode = _resize_args(node)
-    out, scale = _out_sizes(node, shape, scales, sizes)
+    out, scale = resize_shape(node, shape, scales, sizes, float32=True)  # ONNX Runtime's sizes
     moved = [a for a in range(rank) if out[a] != shape[a] or not math.isclose(scale[a], 1.0)]
     if any(a < rank - 2 for a in moved):
         raise node.fail("unsupported_attribute_value", f"resizing axes {moved} of a rank-{rank} tensor (Core ML "

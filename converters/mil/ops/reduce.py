@@ -14,8 +14,9 @@ import string
 
 import numpy as np
 
-from accelopt.converters.mil.ops.tensor import axes_arg, numeric, proto_attr
+from accelopt.converters.mil.ops.tensor import numeric, proto_attr
 from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.onnx_args import reduce_axes
 
 
 def _mb():
@@ -33,10 +34,9 @@ _REDUCE = {"ReduceSum": "reduce_sum", "ReduceMean": "reduce_mean", "ReduceMax": 
 @handles(*_REDUCE)
 def reduce(node: Node):
     shape = list(node.values[0].shape)  # may have a dynamic dim (NonZero's count) off the axes or on them
-    axes = axes_arg(node, 1, len(shape))
-    if not axes and node.attr("noop_with_empty_axes", 0):
+    axes = reduce_axes(node, len(shape))
+    if axes == []:
         return node.x(0)
-    axes = sorted(set(axes)) if axes else None  # None: all axes
     if 0 in shape:
         raise node.fail("empty_tensor", f"a reduction of the zero-size input {shape} (Core ML has no empty tensors)")
     return getattr(_mb(), _REDUCE[node.op_type])(x=numeric(node.x(0)), axes=axes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.onnx_args import pad_args, slice_range, split_sizes, squeeze_axes, unsqueeze_axes
 
 
 def _mb():
@@ -28,14 +29,6 @@ def proto_attr(proto, name: str, default=None):
     found = [helper.get_attribute_value(a) for a in proto.attribute if a.name == name]
     value = found[0] if found else default
     return value.decode() if isinstance(value, bytes) else value
-
-
-def axes_arg(node: Node, index: int, rank: int) -> list[int] | None:
-    """Axes from the `axes` attribute (older opsets) or a constant input (newer), normalised to >= 0."""
-    axes = node.attr("axes")
-    if axes is None and node.has(index):
-        axes = node.need_const(index, "axes").reshape(-1).tolist()
-    return None if axes is None else [int(a) % rank for a in axes]
 
 
 def numeric(x):
@@ -118,8 +111,7 @@ def transpose(node: Node):
 @handles("Squeeze")
 def squeeze(node: Node):
     src = node.shape(0)
-    axes = axes_arg(node, 1, len(src))
-    axes = [a for a, d in enumerate(src) if d == 1] if axes is None else sorted(set(axes))
+    axes = squeeze_axes(node, src)
     if any(src[a] != 1 for a in axes):
         raise node.fail("invalid_model", f"squeezes axes {axes} of shape {src} (not all 1)")
     return _mb().squeeze(x=node.x(0), axes=axes) if axes else node.x(0)
@@ -127,10 +119,7 @@ def squeeze(node: Node):
 
 @handles("Unsqueeze")
 def unsqueeze(node: Node):
-    axes = node.attr("axes")
-    axes = node.need_const(1, "axes").reshape(-1).tolist() if axes is None else axes
-    rank = node.rank(0) + len(axes)
-    return _mb().expand_dims(x=node.x(0), axes=sorted(int(a) % rank for a in axes))
+    return _mb().expand_dims(x=node.x(0), axes=unsqueeze_axes(node, node.rank(0)))
 
 
 @handles("Expand")
@@ -186,51 +175,22 @@ def concat(node: Node):
 def split(node: Node):
     src = node.shape(0)
     axis = node.attr("axis", 0) % len(src)
-    sizes = node.attr("split")
-    if sizes is None and node.has(1):
-        sizes = node.need_const(1, "split").reshape(-1).tolist()
-    if sizes is None:  # equal chunks; opset 18's num_outputs lets the last one be smaller
-        count = node.attr("num_outputs", len(node.proto.output))
-        chunk = -(-src[axis] // count)
-        sizes = [min(chunk, src[axis] - i * chunk) for i in range(count)]
+    sizes = split_sizes(node, src[axis])
     if any(s <= 0 for s in sizes):
         raise node.fail("empty_tensor", f"split sizes {sizes} of a dim of {src[axis]} (Core ML has no empty tensors)")
     if len(sizes) == 1:
         return [node.x(0)]
-    return list(_mb().split(x=node.x(0), split_sizes=[int(s) for s in sizes], axis=axis))
-
-
-def slice_bounds(size: int, start: int, end: int, step: int) -> tuple[int, int, int]:
-    """ONNX Slice's start and end for one axis, clamped as ONNX does (INT64_MAX/MIN 'to the end' markers,
-    negative indices), and the number of elements it takes. For a negative step, end -1 means 'through 0'."""
-    start = start + size if start < 0 else start
-    end = end + size if end < 0 else end
-    low, high = (0, size) if step > 0 else (-1, size - 1)
-    start, end = min(max(start, low), high), min(max(end, low), high)
-    return start, end, max(0, -(-(end - start) // step))
+    return list(_mb().split(x=node.x(0), split_sizes=sizes, axis=axis))
 
 
 @handles("Slice")
 def slice_(node: Node):
     src = node.shape(0)
     rank = len(src)
-    if node.opset < 10:
-        starts, ends = node.attr("starts"), node.attr("ends")
-        axes, steps = node.attr("axes") or list(range(len(starts))), [1] * len(starts)
-    else:
-        starts, ends = node.need_const(1, "starts").tolist(), node.need_const(2, "ends").tolist()
-        axes = node.need_const(3, "axes").tolist() if node.has(3) else list(range(len(starts)))
-        steps = node.need_const(4, "steps").tolist() if node.has(4) else [1] * len(starts)
-    begin, end, stride, end_mask = [0] * rank, list(src), [1] * rank, [False] * rank
-    for s, e, a, step in zip(starts, ends, axes, steps):
-        a = int(a) % rank
-        if step == 0:
-            raise node.fail("invalid_model", "a step of 0")
-        begin[a], end[a], count = slice_bounds(src[a], int(s), int(e), int(step))
-        _empty(node, [count])
-        stride[a] = int(step)
-        if step < 0 and end[a] == -1:  # -1 would index the last element: slice through index 0 instead
-            end[a], end_mask[a] = 0, True
+    begin, end, stride, out = slice_range(node, src)
+    _empty(node, out)
+    end_mask = [st < 0 and e == -1 for e, st in zip(end, stride)]
+    end = [0 if through else e for e, through in zip(end, end_mask)]  # -1 would index the last element
     if begin == [0] * rank and end == src and stride == [1] * rank:
         return node.x(0)
     return _mb().slice_by_index(x=node.x(0), begin=begin, end=end, stride=stride, end_mask=end_mask)
@@ -325,19 +285,7 @@ def _check_pad(proto, opset: int) -> list[tuple[str, str]]:
 @handles("Pad", check=_check_pad)
 def pad(node: Node):
     src = node.shape(0)
-    rank = len(src)
-    if node.opset < 11:
-        pads, value = node.attr("pads", node.attr("paddings")), node.attr("value", 0.0)
-        axes = list(range(rank))
-    else:
-        pads = node.need_const(1, "pads").reshape(-1).tolist()
-        value = node.need_const(2, "constant_value").reshape(-1)[0] if node.has(2) else 0
-        axes = axes_arg(node, 3, rank) if node.opset >= 18 else None
-        axes = list(range(rank)) if axes is None else axes
-    n = len(pads) // 2
-    widths = [[0, 0] for _ in range(rank)]
-    for i, a in enumerate(axes[:n]):
-        widths[a] = [int(pads[i]), int(pads[i + n])]
+    widths, value = pad_args(node, len(src))
     grow = [[max(w, 0) for w in ws] for ws in widths]
     x = node.x(0)
     if any(w for ws in grow for w in ws):

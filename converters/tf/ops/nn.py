@@ -7,46 +7,19 @@ cannot express are an error instead.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from accelopt.converters.onnx_args import (ceil_extra, conv_pads, conv_transpose_full, conv_transpose_pads,
+                                           same_pads, strides_dilations)
 from accelopt.converters.tf import load_tf as _tf
 from accelopt.converters.tf.registry import Node, handles
-
-
-def _spatial(node: Node, spatial: list[int], kernel: list[int], strides: list[int],
-             dilations: list[int]) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial dim, as ONNX defines it (auto_pad or pads)."""
-    n = len(spatial)
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small = total // 2
-            pads.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        return pads
-    if auto_pad == "VALID":
-        return [(0, 0)] * n
-    pads = node.attr("pads") or [0] * (2 * n)
-    return [(pads[i], pads[i + n]) for i in range(n)]
-
-
-def _same(spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[tuple[int, int]]:
-    """What TF's "SAME" pads (the extra pixel at the end, like SAME_UPPER)."""
-    out = []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations):
-        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        out.append((total // 2, total - total // 2))
-    return out
 
 
 def _padding(pads: list[tuple[int, int]], spatial, kernel, strides, dilations) -> str | None:
     """"VALID" or "SAME" when one of them is exactly these pads, else None (pad explicitly)."""
     if all(p == (0, 0) for p in pads):
         return "VALID"
-    if pads == _same(spatial, kernel, strides, dilations):
+    if pads == same_pads(spatial, kernel, strides, dilations):
         return "SAME"
     return None
 
@@ -60,15 +33,7 @@ def _ceil_pads(node: Node, spatial, kernel, strides, dilations, pads):
     """ceil_mode: extra end padding so the last partial window counts, as ONNX computes the output size."""
     if not node.attr("ceil_mode", 0):
         return pads
-    out = []
-    for size, k, s, d, (b, e) in zip(spatial, kernel, strides, dilations, pads):
-        span = (k - 1) * d + 1
-        n_out = math.ceil((size + b + e - span) / s) + 1
-        if (n_out - 1) * s >= size + b:  # ONNX drops a window that starts in the end padding
-            n_out -= 1
-        extra = max((n_out - 1) * s + span - (size + b + e), 0)
-        out.append((b, e + extra))
-    return out
+    return [(b, e + x) for (b, e), x in zip(pads, ceil_extra(spatial, kernel, strides, dilations, pads))]
 
 
 @handles("Conv", channels_last=True)
@@ -82,11 +47,10 @@ def conv(node: Node):
     if n not in (1, 2, 3):
         raise node.fail("unsupported_rank", f"{n}-D convolution")
     kernel = list(w.shape[2:])
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
+    strides, dilations = strides_dilations(node, n)
     group = node.attr("group", 1)
     spatial = shape[1:-1]
-    pads = _spatial(node, spatial, kernel, strides, dilations)
+    pads = conv_pads(node, spatial, kernel, strides, dilations)
     if n == 1:  # as a 2-D conv over a height of 1
         x = tf.expand_dims(x, 1)
         w, kernel, strides, dilations = w[:, :, None, :], [1, *kernel], [1, *strides], [1, *dilations]
@@ -135,29 +99,16 @@ def conv_transpose(node: Node):
         raise node.fail("unsupported_rank", f"{n}-D transposed convolution")
     group = node.attr("group", 1)
     kernel = list(w.shape[2:])
-    strides = list(node.attr("strides") or [1] * n)
-    dilations = list(node.attr("dilations") or [1] * n)
+    strides, dilations = strides_dilations(node, n)
     out_pad = list(node.attr("output_padding") or [0] * n)
+    spatial = shape[1:-1]
+    full = conv_transpose_full(spatial, kernel, strides, dilations, out_pad)
+    pads = conv_transpose_pads(node, spatial, kernel, strides, dilations, out_pad)
     if any(d != 1 for d in dilations):  # a dilated kernel is the kernel with zeros between its taps
         eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
         wd = np.zeros([*w.shape[:2], *eff], np.float32)
         wd[(slice(None), slice(None), *[slice(None, None, d) for d in dilations])] = w
         w, kernel = wd, eff
-    spatial = shape[1:-1]
-    full = [(spatial[i] - 1) * strides[i] + kernel[i] + out_pad[i] for i in range(n)]
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if node.attr("output_shape"):
-        target = list(node.attr("output_shape"))[-n:]
-        total = [full[i] - target[i] for i in range(n)]
-        pads = [(t // 2, t - t // 2) if auto_pad == "SAME_UPPER" else (t - t // 2, t // 2) for t in total]
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = [spatial[i] * strides[i] for i in range(n)]
-        total = [full[i] - target[i] for i in range(n)]
-        lower = auto_pad == "SAME_LOWER"
-        pads = [(t - t // 2, t // 2) if lower else (t // 2, t - t // 2) for t in total]
-    else:
-        p = node.attr("pads") or [0] * (2 * n)
-        pads = [(p[i], p[i + n]) for i in range(n)]
     if n == 1:  # as 2-D over a height of 1
         x = tf.expand_dims(x, 1)
         w = w[:, :, None, :]
@@ -197,10 +148,9 @@ def _pool_geometry(node: Node):
     shape = node.shape(0)
     n = len(shape) - 2
     kernel = node.attr("kernel_shape")
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
+    strides, dilations = strides_dilations(node, n)
     spatial = shape[1:-1]
-    pads = _ceil_pads(node, spatial, kernel, strides, dilations, _spatial(node, spatial, kernel, strides, dilations))
+    pads = _ceil_pads(node, spatial, kernel, strides, dilations, conv_pads(node, spatial, kernel, strides, dilations))
     return n, spatial, kernel, strides, dilations, pads
 
 
@@ -231,7 +181,7 @@ def _tap_pool(node: Node, x, kind: str, p: int = 2):
     if kind == "lp":
         return acc if p == 1 else tf.sqrt(acc) if p == 2 else tf.pow(acc, 1.0 / p)
     include = node.attr("count_include_pad", 0)
-    declared = _spatial(node, spatial, kernel, strides, dilations)
+    declared = conv_pads(node, spatial, kernel, strides, dilations)
     ones = np.ones(spatial, np.float32)
     if include:  # pads count, the ceil_mode overhang does not
         base = np.pad(np.pad(ones, declared, constant_values=1.0),
@@ -285,8 +235,9 @@ def average_pool(node: Node):
     ones = np.ones(spatial, np.float32)
     counts = _window_sum(np.pad(ones, pads), kernel, strides)
     if include:  # only the ceil_mode overhang is excluded
-        declared = _spatial(node, spatial, kernel, strides, dilations)
-        inpad = np.pad(np.pad(ones, declared, constant_values=1.0), [(0, e - d[1]) for (_, e), d in zip(pads, declared)])
+        declared = conv_pads(node, spatial, kernel, strides, dilations)
+        inpad = np.pad(np.pad(ones, declared, constant_values=1.0),
+                       [(0, e - d[1]) for (_, e), d in zip(pads, declared)])
         counts = _window_sum(inpad, kernel, strides)
     return summed * float(np.prod(kernel)) / counts[None, ..., None]
 

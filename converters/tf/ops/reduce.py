@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from accelopt.converters.onnx_args import reduce_axes
 from accelopt.converters.tf import load_tf as _tf
 from accelopt.converters.tf.ops.elementwise import widen
 from accelopt.converters.tf.registry import Node, handles
-
-
-def reduce_axes(node: Node, rank: int) -> list[int] | None:
-    """The axes to reduce (>= 0), [] for 'none' (noop_with_empty_axes), None for all."""
-    axes = node.attr("axes")
-    if axes is None and node.has(1):
-        axes = node.need_const(1, "axes").reshape(-1).tolist()
-    if not axes:
-        return [] if node.attr("noop_with_empty_axes", 0) else None
-    return sorted({int(a) % rank for a in axes})
 
 
 _REDUCE = {

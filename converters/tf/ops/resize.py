@@ -14,41 +14,10 @@ import math
 
 import numpy as np
 
+from accelopt.converters.onnx_args import (legacy_scales, resize_axes, resize_coeffs, resize_inputs, resize_matrix,
+                                           resize_shape)
 from accelopt.converters.tf import load_tf as _tf
 from accelopt.converters.tf.registry import Node, handles
-
-
-def _coeff_fn(node: Node, mode: str, nearest_mode: str, antialias: bool, cubic_a: float):
-    from onnx.reference.ops import op_resize as ref
-
-    if mode == "nearest":
-        if antialias:
-            raise node.fail("unsupported_attribute_value", "antialias with mode 'nearest'")
-        return lambda r, s: ref._nearest_coeffs(r, mode=nearest_mode)
-    if mode == "linear":
-        return ref._linear_coeffs_antialias if antialias else ref._linear_coeffs
-    if mode == "cubic":
-        f = ref._cubic_coeffs_antialias if antialias else ref._cubic_coeffs
-        return lambda r, s: f(r, s, A=cubic_a)
-    raise node.fail("unsupported_attribute_value", f"mode {mode!r}")
-
-
-def _axis_matrix(node: Node, size: int, out: int, scale: float, fn, roi, coord: str, exclude_outside: bool):
-    """(M, outside): M (out x size) maps an axis of the input to the output; outside flags the output positions
-    tf_crop_and_resize fills with extrapolation_value (None when there are none)."""
-    try:
-        from onnx.reference.ops.op_resize import _interpolate_1d_along_axis
-    except ImportError as e:  # older onnx: no vectorized 1-D resize
-        raise node.fail("unsupported_op", f"needs onnx >= 1.19's reference Resize ({e})") from None
-    kwargs = dict(roi=roi, coordinate_transformation_mode=coord, exclude_outside=exclude_outside)
-    m = _interpolate_1d_along_axis(np.eye(size), 0, scale, out, fn, extrapolation_value=0.0, **kwargs)
-    outside = None
-    if coord == "tf_crop_and_resize":
-        probe = _interpolate_1d_along_axis(np.ones((size, 1)), 0, scale, out, fn, extrapolation_value=np.nan,
-                                           **kwargs)
-        outside = np.isnan(probe[:, 0])
-        outside = outside if outside.any() else None
-    return np.asarray(m, np.float64), outside
 
 
 def _tflite_nearest(size: int, out: int, align: bool, half: bool) -> np.ndarray:
@@ -109,18 +78,17 @@ def _apply_axis(x, axis: int, m: np.ndarray, shape: list[int]):
 
 
 def resize_nd(node: Node, x, scales: list[float] | None, sizes: list[int] | None, *, mode: str, coord: str,
-              nearest_mode: str, roi=None, axes=None, policy: str = "stretch", antialias: bool = False,
-              cubic_a: float = -0.75, exclude_outside: bool = False, extrapolation: float = 0.0):
+              nearest_mode: str, roi=None, extrapolation: float = 0.0):
+    """x resized as the node says (its axes, keep_aspect_ratio_policy, antialias, cubic_coeff_a and
+    exclude_outside attributes); roi only for tf_crop_and_resize."""
     tf = _tf()
     shape = node.shape(0)  # as the handler sees it: channels-last when node.channels_last
     rank = len(shape)
     # ONNX axis -> position in x
     tf_axis = (lambda a: 0 if a == 0 else rank - 1 if a == 1 else a - 1) if node.channels_last else (lambda a: a)
     onnx_shape = [shape[0], shape[-1], *shape[1:-1]] if node.channels_last else list(shape)
-    all_axes = list(range(rank))
-    axes = all_axes if axes is None else [a % rank for a in axes]
-    scale_f = [1.0] * rank
-    out_size = list(onnx_shape)
+    out_size, scale_f = resize_shape(node, onnx_shape, scales, sizes)
+    axes = resize_axes(node, rank)
     roi_full = None
     if roi is not None and np.asarray(roi).size:
         roi = np.asarray(roi, np.float64).reshape(-1)
@@ -128,20 +96,7 @@ def resize_nd(node: Node, x, scales: list[float] | None, sizes: list[int] | None
         n = len(axes)
         for i, a in enumerate(axes):
             roi_full[a], roi_full[rank + a] = roi[i], roi[n + i]
-    if sizes is not None:
-        for i, a in enumerate(axes):
-            out_size[a] = int(sizes[i])
-        scale_f = [out_size[a] / onnx_shape[a] for a in all_axes]
-        if policy != "stretch":
-            pick = min if policy == "not_larger" else max
-            s = pick(scale_f[a] for a in axes)
-            scale_f = [s if a in axes else 1.0 for a in all_axes]
-            out_size = [int(s * onnx_shape[a] + 0.5) if a in axes else onnx_shape[a] for a in all_axes]
-    else:
-        for i, a in enumerate(axes):
-            scale_f[a] = float(scales[i])
-        out_size = [int(scale_f[a] * onnx_shape[a]) for a in all_axes]
-    fn = _coeff_fn(node, mode, nearest_mode, antialias, cubic_a)
+    fn = resize_coeffs(node, mode, nearest_mode)
     mats: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for a in axes:
         identity = math.isclose(scale_f[a], 1.0) and out_size[a] == onnx_shape[a] and (
@@ -149,7 +104,7 @@ def resize_nd(node: Node, x, scales: list[float] | None, sizes: list[int] | None
         if identity:
             continue
         axis_roi = None if roi_full is None else [roi_full[a], roi_full[rank + a]]
-        mats[a] = _axis_matrix(node, onnx_shape[a], out_size[a], scale_f[a], fn, axis_roi, coord, exclude_outside)
+        mats[a] = resize_matrix(node, onnx_shape[a], out_size[a], scale_f[a], fn, coord, axis_roi)
     if not mats:
         return tf.identity(x)
     x_dtype = x.dtype if isinstance(x, tf.Tensor) else tf.as_dtype(np.asarray(x).dtype)
@@ -190,36 +145,23 @@ def resize_nd(node: Node, x, scales: list[float] | None, sizes: list[int] | None
 def resize(node: Node):
     x = node.x(0)
     if node.opset < 11:
-        scales = node.need_const(1, "scales").astype(np.float64).tolist()
+        scales = legacy_scales(node)
         mode = node.attr("mode", "nearest")
         nearest = "floor" if all(s >= 1 for s in scales) else "ceil"
         return resize_nd(node, x, scales, None, mode=mode, coord="asymmetric", nearest_mode=nearest)
-    scales = node.const(2) if node.has(2) else None
-    sizes = node.const(3) if node.has(3) else None
-    if node.has(2) and scales is None or node.has(3) and sizes is None:
-        raise node.fail("requires_constant_input", "constant scales/sizes (run simplify and fix-shapes first)")
-    scales = scales.astype(np.float64).tolist() if scales is not None and scales.size else None
-    sizes = sizes.astype(np.int64).tolist() if sizes is not None and sizes.size else None
-    if scales is None and sizes is None:
-        raise node.fail("unsupported_attribute_value", "neither scales nor sizes")
+    scales, sizes = resize_inputs(node)
     roi = node.const(1) if node.has(1) else None
     coord = node.attr("coordinate_transformation_mode", "half_pixel")
     if coord == "tf_crop_and_resize" and roi is None:
         raise node.fail("requires_constant_input", "a constant roi for tf_crop_and_resize")
     return resize_nd(node, x, scales, sizes, mode=node.attr("mode", "nearest"), coord=coord,
                      nearest_mode=node.attr("nearest_mode", "round_prefer_floor"),
-                     roi=roi if coord == "tf_crop_and_resize" else None, axes=node.attr("axes"),
-                     policy=node.attr("keep_aspect_ratio_policy", "stretch"),
-                     antialias=bool(node.attr("antialias", 0)), cubic_a=node.attr("cubic_coeff_a", -0.75),
-                     exclude_outside=bool(node.attr("exclude_outside", 0)),
+                     roi=roi if coord == "tf_crop_and_resize" else None,
                      extrapolation=node.attr("extrapolation_value", 0.0))
 
 
 @handles("Upsample", channels_last=True)
 def upsample(node: Node):
-    scales = node.attr("scales")
-    if scales is None:
-        scales = node.need_const(1, "scales").astype(np.float64).tolist()
     mode = node.attr("mode", "nearest")
     mode = "linear" if mode == "bilinear" else mode
-    return resize_nd(node, node.x(0), list(scales), None, mode=mode, coord="asymmetric", nearest_mode="floor")
+    return resize_nd(node, node.x(0), legacy_scales(node), None, mode=mode, coord="asymmetric", nearest_mode="floor")

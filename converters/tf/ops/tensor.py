@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from accelopt.converters.onnx_args import pad_args, slice_range, split_sizes, squeeze_axes, unsqueeze_axes
 from accelopt.converters.tf import load_tf as _tf
 from accelopt.converters.tf.registry import Node, handles
-
-
-def _axes(node: Node, index: int, rank: int, attr: str = "axes") -> list[int] | None:
-    """Axes from the attribute (older opsets) or a constant input (newer), normalized to >= 0."""
-    axes = node.attr(attr)
-    if axes is None and node.has(index):
-        axes = node.need_const(index, attr).tolist()
-    return None if axes is None else [int(a) % rank for a in axes]
 
 
 @handles("Shape")
@@ -64,19 +57,16 @@ def transpose(node: Node):
 def squeeze(node: Node):
     tf = _tf()
     src = node.shape(0)
-    axes = _axes(node, 1, len(src))
-    return tf.reshape(node.x(0), [d for i, d in enumerate(src) if (axes is not None and i not in axes)
-                                  or (axes is None and d != 1)])
+    axes = squeeze_axes(node, src)
+    return tf.reshape(node.x(0), [d for i, d in enumerate(src) if i not in axes])
 
 
 @handles("Unsqueeze")
 def unsqueeze(node: Node):
     tf = _tf()
     src = node.shape(0)
-    axes = node.attr("axes")
-    axes = node.need_const(1, "axes").tolist() if axes is None else axes
     out = list(src)
-    for a in sorted(int(a) % (len(src) + len(axes)) for a in axes):
+    for a in unsqueeze_axes(node, len(src)):
         out.insert(a, 1)
     return tf.reshape(node.x(0), out)
 
@@ -94,41 +84,14 @@ def split(node: Node):
     tf = _tf()
     src = node.shape(0)
     axis = node.attr("axis", 0) % len(src)
-    sizes = node.attr("split")
-    if sizes is None and node.has(1):
-        sizes = node.need_const(1, "split").tolist()
-    outputs = len(node.proto.output)
-    if sizes is None:
-        chunk = -(-src[axis] // node.attr("num_outputs", outputs))
-        sizes = [min(chunk, src[axis] - i * chunk) for i in range(outputs)]
-    return tf.split(node.x(0), [int(s) for s in sizes], axis=axis)
+    return tf.split(node.x(0), split_sizes(node, src[axis]), axis=axis)
 
 
 @handles("Slice")
 def slice_(node: Node):
     tf = _tf()
-    src = node.shape(0)
-    rank = len(src)
-    if node.opset < 10:
-        starts, ends = node.attr("starts"), node.attr("ends")
-        axes, steps = node.attr("axes") or list(range(len(starts))), [1] * len(starts)
-    else:
-        starts, ends = node.need_const(1, "starts").tolist(), node.need_const(2, "ends").tolist()
-        axes = node.need_const(3, "axes").tolist() if node.has(3) else list(range(len(starts)))
-        steps = node.need_const(4, "steps").tolist() if node.has(4) else [1] * len(starts)
-    begin, end, stride = [0] * rank, list(src), [1] * rank
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        a = int(a) % rank
-        size = src[a]
-        # Clamp as ONNX does, so huge 'to the end' markers and negative indices become plain indices.
-        s = s + size if s < 0 else s
-        e = e + size if e < 0 else e
-        if st > 0:
-            s, e = min(max(s, 0), size), min(max(e, 0), size)
-        else:
-            s, e = min(max(s, -1), size - 1), min(max(e, -1), size - 1)
-        begin[a], end[a], stride[a] = int(s), int(e), int(st)
-    mask = sum(1 << a for a in range(rank) if stride[a] < 0 and end[a] == -1)
+    begin, end, stride, _ = slice_range(node, node.shape(0))
+    mask = sum(1 << a for a, (e, st) in enumerate(zip(end, stride)) if st < 0 and e == -1)
     return tf.strided_slice(node.x(0), begin, end, stride, end_mask=mask)
 
 
@@ -163,17 +126,7 @@ def tile(node: Node):
 @handles("Pad")
 def pad(node: Node):
     tf = _tf()
-    rank = node.rank(0)
-    if node.opset < 11:
-        pads, value = node.attr("pads"), node.attr("value", 0.0)
-    else:
-        pads = node.need_const(1, "pads").tolist()
-        value = node.need_const(2, "constant_value").item() if node.has(2) else 0
-    n = len(pads) // 2
-    axes = _axes(node, 3, rank) if node.opset >= 18 and node.has(3) else list(range(rank))
-    widths = [[0, 0] for _ in range(rank)]
-    for i, a in enumerate(axes[:n]):
-        widths[a] = [int(pads[i]), int(pads[i + n])]
+    widths, value = pad_args(node, node.rank(0))
     mode = node.attr("mode", "constant")
     if any(w < 0 for ws in widths for w in ws):
         raise node.fail("unsupported_attribute_value", "negative pads")
