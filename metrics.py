@@ -83,6 +83,7 @@ class OutputMetrics:
     min_rtol: float  # smallest rtol that passes at this atol
     passed: bool
     cosine_mean: float | None = None  # embeddings: mean per-sample cosine
+    nonfinite: int = 0  # positions where one side is NaN/Inf and the other is not (or another Inf)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,20 +191,24 @@ def _metrics(name: str, ref: np.ndarray, test: np.ndarray, atol: float, rtol: fl
     min_atol, min_rtol = _min_tolerances(abs_err, rel_err, atol, rtol)
     if not nonfinite_ok:
         min_atol = min_rtol = math.inf
+    # A NaN or Inf the reference does not have is the worst error there is: the statistics over the finite
+    # positions alone would call an all-NaN output identical (cosine 1.0).
+    bad = 0 if nonfinite_ok else _nonfinite_mismatches(ref.astype(np.float64), np.asarray(test, np.float64))
     return OutputMetrics(
         name=name,
         shape=list(ref.shape),
-        max_abs=_max(abs_err),
-        max_rel=_max(rel_err),
-        mean_abs=float(abs_err.mean()) if abs_err.size else 0.0,
-        cosine=_cosine(r, t),
-        sqnr_db=_sqnr_db(r, t),
+        max_abs=_max(abs_err) if not bad else math.inf,
+        max_rel=_max(rel_err) if not bad else math.inf,
+        mean_abs=(float(abs_err.mean()) if abs_err.size else 0.0) if not bad else math.inf,
+        cosine=_cosine(r, t) if not bad else 0.0,
+        sqnr_db=_sqnr_db(r, t) if not bad else -math.inf,
         top1_agreement=None,
         atol=atol,
         rtol=rtol,
         min_atol=min_atol,
         min_rtol=min_rtol,
         passed=nonfinite_ok and not bool(np.any((abs_err > atol) & (rel_err > rtol))),
+        nonfinite=bad,
     )
 
 
@@ -213,6 +218,13 @@ def _nonfinite_match(r: np.ndarray, t: np.ndarray) -> bool:
     if not np.array_equal(r_bad, t_bad):
         return False
     return bool(np.array_equal(r[r_bad], t[t_bad], equal_nan=True))
+
+
+def _nonfinite_mismatches(r: np.ndarray, t: np.ndarray) -> int:
+    """How many positions differ in their NaN/Inf (NaN where the reference is finite, an Inf of the other sign)."""
+    r_bad, t_bad = ~np.isfinite(r), ~np.isfinite(t)
+    same = (r_bad == t_bad) & (~r_bad | (np.isnan(r) & np.isnan(t)) | (r == t))
+    return int((~same).sum())
 
 
 def _min_tolerances(abs_err: np.ndarray, rel_err: np.ndarray, atol: float, rtol: float) -> tuple[float, float]:
@@ -236,6 +248,9 @@ def _cosine(r: np.ndarray, t: np.ndarray) -> float:
 
 
 def _finite_cosine(r: np.ndarray, t: np.ndarray) -> float:
+    """Cosine over the positions finite in both; 0 when their NaN/Inf differ (see _metrics)."""
+    if not _nonfinite_match(r, t):
+        return 0.0
     finite = np.isfinite(r) & np.isfinite(t)
     return _cosine(r[finite], t[finite])
 

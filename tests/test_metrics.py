@@ -179,3 +179,18 @@ def test_embedding_cosine_over_real_tokens_only():
     assert blind.cosine < 0.8 and masked.cosine == pytest.approx(1.0)
     with pytest.raises(RecipeError, match="not a model input"):
         compare_outputs({"y": ref}, {"y": test}, TaskSpec(kind="embedding", mask_input="nope"), feeds={"m": mask})
+
+
+def test_nan_output_is_the_worst_error_not_a_perfect_match():
+    """An fp16 overflow makes NaN everywhere; the finite positions alone (none) must not read as identical."""
+    ref = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)
+    all_nan = np.full_like(ref, np.nan)
+    m = _one(ref, all_nan)
+    assert not m.passed and m.cosine == 0.0 and m.sqnr_db == -math.inf and m.max_abs == math.inf
+    assert m.nonfinite == ref.size
+    some = ref.copy()
+    some[1, 2, :] = np.nan
+    m = _one(ref, some)
+    assert m.cosine == 0.0 and m.nonfinite == 8
+    emb = compare_outputs({"y": ref}, {"y": some}, task=TaskSpec(kind="embedding"))[0]
+    assert emb.cosine == 0.0  # the sample with NaN is the minimum per-sample cosine
