@@ -275,3 +275,9 @@ def resize_matrix(node: OnnxNode, size: int, out: int, scale: float, coeffs, coo
         outside = np.isnan(probe[:, 0])
         outside = outside if outside.any() else None
     return np.asarray(m, np.float64), outside
+
+
+def scalar_constant(constants: dict[str, np.ndarray], name: str) -> float | None:
+    """The value of a one-element constant (initializer), else None: what pattern matchers compare."""
+    value = constants.get(name)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None

@@ -389,3 +389,19 @@ def spiky_depthwise_model(channels: int = 8, size: int = 16) -> onnx.ModelProto:
              helper.make_node("Conv", ["r2", "wp", "bp"], ["y"], name="pw")]
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", c, size, size]) for n in ("x", "y")]
     return _finish(helper.make_graph(nodes, "spiky_depthwise", io[:1], io[1:], initializer=inits))
+
+
+def masked_attention() -> onnx.ModelProto:
+    """scores [1,4,4] + (1 - mask) * float32.min -> Softmax: the additive mask HF exporters write."""
+    T = TensorProto
+    nodes = [helper.make_node("Cast", ["mask"], ["maskf"], to=T.FLOAT),
+             helper.make_node("Sub", ["one", "maskf"], ["inv"]),
+             helper.make_node("Mul", ["inv", "fmin"], ["bias"]),
+             helper.make_node("Add", ["scores", "bias"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1)]
+    inits = [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fmin")]
+    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("scores", T.FLOAT, [1, 4, 4]),
+                                              helper.make_tensor_value_info("mask", T.INT64, [1, 1, 4])],
+                              [helper.make_tensor_value_info("p", T.FLOAT, [1, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

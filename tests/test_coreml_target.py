@@ -249,3 +249,17 @@ def test_macos_runner_maps_names_and_types_through_predict(monkeypatch, tmp_path
     assert runner.model.compute_units == coremltools.ComputeUnit.ALL
     feeds = _feeds()
     np.testing.assert_array_equal(runner.run(feeds)["y"], evaluator.run(feeds)["y"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_float_min_attention_masks_do_not_become_nan_in_fp16(tmp_path, precision):
+    """HF exporters' (1 - mask) * float32.min: coremltools casts the constant to -inf in fp16, and the unmasked
+    positions then compute 0 * -inf = NaN (all-MiniLM-L6-v2 gave NaN everywhere). fp16 raises it to -1e4."""
+    model = models.masked_attention()
+    target, artifact = _lower(model, tmp_path, precision=precision)
+    assert artifact.meta["masks_softened"] == (1 if precision == "fp16" else 0)
+    rng = np.random.default_rng(0)
+    feeds = {"scores": rng.standard_normal((1, 4, 4)).astype(np.float32), "mask": np.array([[[1, 1, 1, 0]]], np.int64)}
+    got = target.runner(artifact).run(feeds)["p"]
+    assert np.isfinite(got).all() and np.all(got[..., 3] == 0)
+    np.testing.assert_allclose(got, OrtRunner(model).run(feeds)["p"], atol=2e-3)

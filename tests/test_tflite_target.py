@@ -189,27 +189,11 @@ def test_digits_example_full_int8_within_one_point(cli, tmp_path):
     assert "CONV_2D:int8" in report["target"]["lowering"]["compute_types"]
 
 
-def _masked_attention() -> onnx.ModelProto:
-    """scores [1,4,4] + (1 - mask) * float32.min -> Softmax: the additive mask HF exporters write."""
-    T = onnx.TensorProto
-    nodes = [helper.make_node("Cast", ["mask"], ["maskf"], to=T.FLOAT),
-             helper.make_node("Sub", ["one", "maskf"], ["inv"]),
-             helper.make_node("Mul", ["inv", "fmin"], ["bias"]),
-             helper.make_node("Add", ["scores", "bias"], ["masked"]),
-             helper.make_node("Softmax", ["masked"], ["p"], axis=-1)]
-    inits = [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-             onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fmin")]
-    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("scores", T.FLOAT, [1, 4, 4]),
-                                              helper.make_tensor_value_info("mask", T.INT64, [1, 1, 4])],
-                              [helper.make_tensor_value_info("p", T.FLOAT, [1, 4, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def test_int8_softens_float_min_attention_masks(tmp_path):
     """Quantizing a 1e38-wide Add made LiteRT abort while preparing MiniLM; -20 keeps the Softmax."""
     from accelopt.data import Dataset
 
-    model = _masked_attention()
+    model = models.masked_attention()
     rng = np.random.default_rng(0)
     feeds = {"scores": rng.standard_normal((16, 4, 4)).astype(np.float32),
              "mask": np.repeat(np.array([[[1, 1, 1, 0]]], np.int64), 16, axis=0)}

@@ -12,10 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-
-def _scalar(constants: dict[str, np.ndarray], name: str) -> float | None:
-    value = constants.get(name)
-    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+from accelopt.converters.onnx_args import scalar_constant as _scalar
 
 
 def _near(value: float | None, want: float) -> bool:
@@ -82,43 +79,3 @@ def fuse_gelu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del out.graph.node[:]
     out.graph.node.extend(replace.get(id(n), n) for n in graph.node)
     return out, len(replace)
-
-
-# What int8 attention masks use instead of float32's minimum: softmax weights of exp(-20) ~ 2e-9 are 0 at int8
-# resolution, and the Add's quantization range stays ~[-30, 10] (with -1e4 its step would be 40: every score
-# would round to the same value).
-MASK_FLOOR = -20.0
-
-
-def soften_masks(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Additive attention masks written as `(1 - mask) * float32.min` (HF exporters) with the constant raised to
-    MASK_FLOOR, for full-integer int8: a tensor spanning 1e38 cannot be quantized (LiteRT aborts preparing the
-    Add), and after the Softmax the masked weights stay ~0. Only a Mul by a scalar <= -1e9 whose result is added to what a
-    Softmax reads counts as a mask."""
-    graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def feeds_softmax(name: str) -> bool:
-        return any(a.op_type == "Add" and all(c.op_type == "Softmax" for c in consumers.get(a.output[0], []))
-                   and consumers.get(a.output[0]) for a in consumers.get(name, []))
-
-    huge = {}
-    for n in graph.node:
-        if n.op_type != "Mul":
-            continue
-        for i in n.input:
-            value = _scalar(constants, i)
-            if value is not None and value <= -1e9 and feeds_softmax(n.output[0]):
-                huge[i] = constants[i]
-    if not huge:
-        return model, 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in huge:
-            t.CopyFrom(numpy_helper.from_array(np.full_like(huge[t.name], MASK_FLOOR), t.name))
-    return out, len(huge)

@@ -91,6 +91,11 @@ class CoremlTarget(Target):
         from accelopt.targets.coreml.runner import IO_KEY, io_metadata
 
         ct = load_ct()
+        softened = 0
+        if self.config.precision == "fp16":
+            from accelopt.converters.masks import FP16_FLOOR, soften_masks
+
+            model, softened = soften_masks(model, FP16_FLOOR)
         self._stage(0, "translating ONNX to MIL")
         try:
             translated = translate(model, self.deployment_target)
@@ -120,6 +125,7 @@ class CoremlTarget(Target):
             "compressed_weights": facts["constexpr"],
             "compression": compression,
             "compute_units": self.config.compute_units,
+            "masks_softened": softened,
         }
         meta["log"] = _log_lines(meta)
         self._stage(3, "saved")
@@ -213,6 +219,9 @@ def _log_lines(meta: dict[str, Any]) -> list[str]:
     lines = [f"{meta['converter']}: deployment target {meta['deployment_target']}, {meta['precision']} compute, "
              f"{meta['onnx_ops_lowered']} ONNX ops lowered, {meta['onnx_ops_folded']} folded to constants, "
              f"{sum(o['count'] for o in meta['ops'])} MIL ops"]
+    if meta["masks_softened"]:
+        lines.append(f"fp16: {meta['masks_softened']} attention-mask constant(s) of float32's minimum raised to -1e4 "
+                     "(coremltools makes them -inf in fp16, and 0 * -inf is NaN at every unmasked position)")
     if meta["fp32_ops_in_fp16"]:
         lines.append(f"fp16 model: ops computing in fp32: {', '.join(meta['fp32_ops_in_fp16'])}")
     if meta["compressed_weights"]:

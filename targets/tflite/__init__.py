@@ -94,7 +94,7 @@ class TfliteTarget(Target):
 
     def lower(self, model: onnx.ModelProto, out_dir: Path) -> Artifact:
         from accelopt.converters.tf.emitter import emit
-        from accelopt.converters.tf.patterns import soften_masks
+        from accelopt.converters.masks import INT8_FLOOR, soften_masks
         from accelopt.optimizers.transposes import to_channels_last
         from accelopt.targets.tflite.convert import to_tflite
         from accelopt.targets.tflite.inspect import graph_facts
@@ -105,7 +105,7 @@ class TfliteTarget(Target):
             model, layout = to_channels_last(model)
             meta["layout"] = _layout_summary(layout)
         if self.config.precision in ("int8", "int16x8"):
-            model, meta["masks_softened"] = soften_masks(model)
+            model, meta["masks_softened"] = soften_masks(model, INT8_FLOOR)
         self._stage(1, "emitting TF ops")
         try:
             emitted = emit(model, channels_last_inputs=self.config.channels_last_inputs)
