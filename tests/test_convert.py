@@ -125,7 +125,7 @@ def test_emit_recipe_applies_overrides(cli, tmp_path):
     (["--set", "steps.fuse.orrt=off"], "unknown key 'steps[1].fuse.orrt'"),
     (["--set", "steps.quantize.x=1"], "no step 'quantize' in this recipe"),
     (["--set", "steps.fuse.ort=sometimes"], "invalid steps[1].fuse.ort"),
-    (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'; built-in recipes: cpu-fp32"),
+    (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'; built-in recipes: coreml-fp16, coreml-fp32, cpu-fp32"),
     (["--set", "target.name=nowhere"], "unknown target 'nowhere'"),
     (["--set", "target.options.thread=2"], "unknown option 'thread'"),
     (["--data", "missing.npz"], "missing.npz"),
@@ -165,11 +165,11 @@ def test_bad_model_exit_2(cli, tmp_path, content, message):
 
 
 def test_missing_extra_is_named(cli, conv_bn_path, tmp_path):
-    if importlib.util.find_spec("coremltools") is not None:
-        pytest.skip("coremltools is installed here")
-    r = cli("convert", conv_bn_path, "-o", tmp_path / "o", "--set", "target.name=coreml")
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    r = cli("convert", conv_bn_path, "-o", tmp_path / "o", "--set", "target.name=tensorrt")
     assert r.code == 2
-    assert "[coreml] extra" in r.err
+    assert "[tensorrt] extra" in r.err
 
 
 @pytest.fixture

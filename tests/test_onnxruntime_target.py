@@ -183,7 +183,7 @@ def test_get_target_validates_options_and_names():
         get_target("onnxruntime", {"thread": 2})
     with pytest.raises(RecipeError, match="option 'graph_optimization_level'.*valid options"):
         get_target("onnxruntime", {"graph_optimization_level": "max"})
-    with pytest.raises(RecipeError, match="unknown target 'tvmm'; valid targets: onnxruntime"):
+    with pytest.raises(RecipeError, match="unknown target 'tvmm'; valid targets: coreml, onnxruntime"):
         get_target("tvmm")
 
 
