@@ -209,18 +209,12 @@ def instance_norm(node: Node):
     return _affine(node, y, scale, bias)
 
 
-def _check_layer_norm(proto, opset: int) -> list[tuple[str, str]]:
-    if _wanted(proto, 1) or _wanted(proto, 2):
-        return [("unsupported_output", "LayerNormalization: the Mean / InvStdDev outputs")]
-    return []
-
-
-@handles("LayerNormalization", check=_check_layer_norm)
+@handles("LayerNormalization")
 def layer_norm(node: Node):
     """layer_norm's gamma/beta have the normalized shape: constants ONNX broadcasts are expanded to it, runtime
-    ones are applied with mul/add (which broadcast like ONNX)."""
+    ones are applied with mul/add (which broadcast like ONNX). The optional Mean / InvStdDev outputs (training
+    statistics) are computed beside it when the graph uses them."""
     mb = _mb()
-    _raise_check(node, _check_layer_norm)
     shape = node.shape(0)
     axis = node.attr("axis", -1) % len(shape)
     axes = list(range(axis, len(shape)))
@@ -229,9 +223,16 @@ def layer_norm(node: Node):
     consts = [node.const(i) for i in (1, 2)]
     if all(c is not None or not node.has(i) for i, c in zip((1, 2), consts)):
         gamma, beta = (None if c is None else _typed(node, np.broadcast_to(c, normalized)) for c in consts)
-        return mb.layer_norm(x=node.x(0), axes=axes, gamma=gamma, beta=beta, epsilon=eps)
-    y = mb.mul(x=mb.layer_norm(x=node.x(0), axes=axes, epsilon=eps), y=node.x(1))
-    return mb.add(x=y, y=node.x(2)) if node.has(2) else y
+        y = mb.layer_norm(x=node.x(0), axes=axes, gamma=gamma, beta=beta, epsilon=eps)
+    else:
+        y = mb.mul(x=mb.layer_norm(x=node.x(0), axes=axes, epsilon=eps), y=node.x(1))
+        y = mb.add(x=y, y=node.x(2)) if node.has(2) else y
+    if not (_wanted(node.proto, 1) or _wanted(node.proto, 2)):
+        return y
+    mean = mb.reduce_mean(x=node.x(0), axes=axes, keep_dims=True)
+    centred = mb.sub(x=node.x(0), y=mean)
+    variance = mb.reduce_mean(x=mb.mul(x=centred, y=centred), axes=axes, keep_dims=True)
+    return y, mean, mb.rsqrt(x=variance, epsilon=eps)
 
 
 @handles("GroupNormalization")
