@@ -30,6 +30,13 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return COMPUTE.get(np.dtype(dtype), np.dtype(dtype))
 
 
+def builder():
+    """coremltools' MIL Builder (`mb`), imported on first use: the registry must import without coremltools."""
+    from coremltools.converters.mil import Builder
+
+    return Builder
+
+
 def mil_dtype(dtype: np.dtype) -> str:
     """MIL's name of a numpy type ("fp32", "int32", ...), for `mb.cast` and placeholders."""
     name = np.dtype(dtype).name

@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from accelopt.converters.mil.registry import Node, compute_dtype, handles, mil_dtype
+from accelopt.converters.mil.registry import Node, compute_dtype, handles, mil_dtype, builder as _mb
 from accelopt.converters.registry import Unsupported
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 def _is_const(value: Any) -> bool:

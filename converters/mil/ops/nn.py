@@ -18,15 +18,9 @@ import numpy as np
 from onnx import helper
 
 from accelopt.converters.mil.kernels.nn import bilinear_matrix, nearest_index, window_count
-from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.mil.registry import Node, handles, builder as _mb
 from accelopt.converters.onnx_args import (ceil_extra, conv_pads, conv_transpose_pads, legacy_scales, resize_coeffs,
                                            resize_inputs, resize_matrix, resize_shape, strides_dilations)
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 def _attrs(proto) -> dict:

@@ -18,16 +18,10 @@ import numpy as np
 import onnx
 
 from accelopt.converters.mil import target_at_least
-from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.mil.registry import Node, handles, builder as _mb
 from accelopt.converters.registry import fold_node
 
 _QUANTIZED = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}  # what MIL quantize/dequantize hold
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 def _block_size(proto: onnx.NodeProto) -> int:

@@ -15,14 +15,8 @@ import string
 import numpy as np
 
 from accelopt.converters.mil.ops.tensor import numeric, proto_attr
-from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.mil.registry import Node, handles, builder as _mb
 from accelopt.converters.onnx_args import reduce_axes
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 _REDUCE = {"ReduceSum": "reduce_sum", "ReduceMean": "reduce_mean", "ReduceMax": "reduce_max",

@@ -28,7 +28,7 @@ import numpy as np
 from onnx import helper
 
 from accelopt.converters.mil import target_at_least
-from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.mil.registry import Node, handles, builder as _mb
 
 _DEFAULTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -37,12 +37,6 @@ _PARAMS = {"Affine": (1.0, 0.0), "LeakyRelu": (0.01, None), "ThresholdedRelu": (
            "ScaledTanh": (1.0, 1.0), "HardSigmoid": (0.2, 0.5), "Elu": (1.0, None)}
 _NAMES = {n.lower(): n for n in ["Sigmoid", "Tanh", "Relu", "Softsign", "Softplus", *_PARAMS]}
 _RNN_NATIVE = {"Tanh", "Sigmoid", "Relu"}  # MIL rnn activations with ONNX's parameters
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 def _wanted(proto, j: int) -> bool:

@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from accelopt.converters.mil.registry import Node, handles
+from accelopt.converters.mil.registry import Node, handles, builder as _mb
 from accelopt.converters.onnx_args import pad_args, slice_range, split_sizes, squeeze_axes, unsqueeze_axes
-
-
-def _mb():
-    from coremltools.converters.mil import Builder as mb
-
-    return mb
 
 
 def proto_attr(proto, name: str, default=None):
