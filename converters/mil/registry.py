@@ -37,6 +37,13 @@ def builder():
     return Builder
 
 
+def var_dtype(var: Any) -> np.dtype:
+    """The numpy type of a MIL Var's elements."""
+    from coremltools.converters.mil.mil import types
+
+    return np.dtype(types.nptype_from_builtin(var.dtype))
+
+
 def mil_dtype(dtype: np.dtype) -> str:
     """MIL's name of a numpy type ("fp32", "int32", ...), for `mb.cast` and placeholders."""
     name = np.dtype(dtype).name
@@ -80,12 +87,7 @@ class Node(OnnxNode):
     def dtype(self, i: int = 0) -> np.dtype:
         """The numpy type input i is computed in."""
         value = self.values[i]
-        if isinstance(value, np.ndarray):
-            return compute_dtype(value.dtype)
-        from accelopt.converters.mil import load_ct
-
-        types = load_ct().converters.mil.mil.types
-        return np.dtype(types.nptype_from_builtin(value.dtype))
+        return compute_dtype(value.dtype) if isinstance(value, np.ndarray) else var_dtype(value)
 
     def require(self, target: str, why: str) -> None:
         """Fail unless the deployment target is at least `target` (an op or attribute newer Core ML added)."""

@@ -20,7 +20,8 @@ import onnx
 
 from accelopt.converters.mil import load_ct
 from accelopt.converters.mil import ops as _handlers  # noqa: F401  (importing registers the handlers)
-from accelopt.converters.mil.registry import Node, as_compute, compute_dtype, find_handler, folds, mil_dtype
+from accelopt.converters.mil.registry import (Node, as_compute, compute_dtype, find_handler, folds, mil_dtype,
+                                              var_dtype)
 from accelopt.converters.registry import Unsupported, elem_dtype, fold_node, safe_name, static_shape
 from accelopt.errors import first_line
 
@@ -122,7 +123,7 @@ class Translator:
         spec.shape = [int(d) for d in value.shape]
         if not spec.shape:
             value = mb.reshape(x=value, shape=[1])
-        have = mil_dtype(np.dtype(_np_type(value)))
+        have = mil_dtype(var_dtype(value))
         if have != spec.mil:
             return mb.cast(x=value, dtype=spec.mil, name=spec.key)
         if spec.name in graph_inputs or value.op is None or any(value is v for v in fn.outputs):
@@ -172,19 +173,13 @@ class Translator:
         if onnx_dtype is None:
             return value
         want = mil_dtype(compute_dtype(onnx_dtype))
-        return mb.cast(x=value, dtype=want) if mil_dtype(np.dtype(_np_type(value))) != want else value
+        return mb.cast(x=value, dtype=want) if mil_dtype(var_dtype(value)) != want else value
 
     def _call(self, proto: onnx.NodeProto, values: list[Any], out_dtypes: list) -> Any:
         handler = find_handler(proto.domain, proto.op_type)
         if handler is None:
             raise Unsupported("unsupported_op", f"no Core ML lowering for {proto.domain or 'ai.onnx'}::{proto.op_type}")
         return handler(Node(proto, proto.op_type, values, self.opset, out_dtypes, target=self.target))
-
-
-def _np_type(value: Any) -> type:
-    from coremltools.converters.mil.mil import types
-
-    return types.nptype_from_builtin(value.dtype)
 
 
 def translate(model: onnx.ModelProto, target: str = "iOS17") -> Translated:
