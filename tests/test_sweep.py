@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
+import onnx
 import pytest
 
 from accelopt.errors import BadInputError, Interrupted
 from accelopt.sweeping.frontier import Constraint, parse_constraints, pareto_flags, pick
 from accelopt.sweeping.variants import parse_grid, split_top_level
+from tests import models
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 QUICK = ["--set", "validation.runs=3", "--set", "validation.warmup=1"]
@@ -134,3 +137,19 @@ def test_ctrl_c_keeps_finished_variants(cli, conv_bn_path, tmp_path, monkeypatch
     assert doc["interrupted"] and not doc["complete"]
     assert [v["status"] for v in doc["variants"]] == ["built", "pending", "pending"]
     assert (out / doc["variants"][0]["artifact"]).exists()
+
+
+def test_core_ml_variants_are_scored_but_not_timed_off_macos(cli, tmp_path):
+    """Off macOS a Core ML package is run by the MIL evaluator: its speed is not Core ML's, so no latency."""
+    pytest.importorskip("coremltools")
+    if platform.system() == "Darwin":
+        pytest.skip("Core ML itself runs here")
+    path = tmp_path / "m.onnx"
+    onnx.save(models.conv_stack(), str(path))
+    out = tmp_path / "s"
+    r = cli("sweep", path, "--recipes", "coreml-fp16,coreml-fp32", "-o", out, *QUICK)
+    assert r.code == 0, r.err
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [v["status"] for v in doc["variants"]] == ["ok", "ok"]
+    assert all(v["metrics"]["latency_ms"] is None and v["metrics"]["cosine"] > 0.999 for v in doc["variants"])
+    assert "coreml-fp16: not timed: its numerics are checked by numpy MIL evaluator" in r.out + r.err
