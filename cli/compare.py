@@ -25,7 +25,9 @@ def compare(
     samples: int = typer.Option(16, "--samples", help="How many samples to compare."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: per --precision)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: per --precision)."),
-    precision: str = typer.Option("fp32", "--precision", help="Picks default tolerances: fp32, fp16, int8, int4."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="Picks default tolerances: fp32, fp16, int8, int4. Default: the precision accelopt "
+                                  "recorded in the candidate (a Core ML package), else fp32."),
     task: str = typer.Option("auto", "--task", help="auto | raw | classification | embedding. auto: classification (top-1 agreement) when the first output is [samples, classes], raw otherwise. Detection needs a recipe's task section."),
     shapes: List[str] = typer.Option([], "--shape", help=SHAPE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -38,6 +40,7 @@ def compare(
     feeds, source = feeds_for(ref.inputs, data, parse_shapes(shapes), samples)
     ref_out = run_all(ref, feeds)
     spec = TaskSpec(kind=_guess_task(ref_out) if task == "auto" else task)
+    precision = precision or getattr(cand, "precision", None) or "fp32"
     metrics = compare_outputs(ref_out, run_all(cand, feeds), task=spec, precision=precision, atol=atol, rtol=rtol)
     passed = all(m.passed for m in metrics)
     if as_json:

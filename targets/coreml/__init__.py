@@ -88,7 +88,7 @@ class CoremlTarget(Target):
         from accelopt.isolation import quiet_native_stderr
         from accelopt.targets.coreml.compress import compress
         from accelopt.targets.coreml.convert import to_mlmodel
-        from accelopt.targets.coreml.runner import IO_KEY, io_metadata
+        from accelopt.targets.coreml.runner import IO_KEY, PRECISION_KEY, io_metadata
 
         ct = load_ct()
         softened = 0
@@ -109,6 +109,7 @@ class CoremlTarget(Target):
             mlmodel, compression = compress(mlmodel, self.config.compression, self.deployment_target)
         mlmodel.user_defined_metadata[IO_KEY] = io_metadata([s.to_dict() for s in translated.inputs],
                                                             [s.to_dict() for s in translated.outputs])
+        mlmodel.user_defined_metadata[PRECISION_KEY] = self.output_precision()
         mlmodel.user_defined_metadata["accelopt.version"] = __version__
         mlmodel.short_description = f"{model.graph.name or 'model'} converted from ONNX by accelopt {__version__}"
         out_dir.mkdir(parents=True, exist_ok=True)

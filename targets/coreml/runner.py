@@ -21,6 +21,7 @@ from accelopt.isolation import quiet_native_stderr
 from accelopt.targets.base import LatencyStats, TensorSpec, wall_clock_bench
 
 IO_KEY = "accelopt.io"  # user-defined metadata in the .mlpackage: the ONNX <-> Core ML name and type map
+PRECISION_KEY = "accelopt.precision"  # what the package computes in (fp32, fp16, int8): compare's tolerances
 _NP = {"fp32": np.float32, "fp16": np.float16, "int32": np.int32}
 
 
@@ -33,7 +34,7 @@ def _read_io(model: Any, path: Path) -> dict[str, Any]:
     if IO_KEY not in meta:
         raise BadInputError(f"{path}: no {IO_KEY} metadata (accelopt writes it into every .mlpackage it makes; "
                             "it maps the ONNX input and output names and types)")
-    return json.loads(meta[IO_KEY])
+    return {**json.loads(meta[IO_KEY]), "precision": meta.get(PRECISION_KEY)}
 
 
 class _IoMapped:
@@ -44,6 +45,7 @@ class _IoMapped:
 
     def _init_io(self, io: dict[str, Any], threads: int | None) -> None:
         self._in, self._out = io["inputs"], io["outputs"]
+        self.precision: str | None = io.get("precision")  # recorded by accelopt; None for an in-memory program
         self.threads = threads or 1
         self.inputs = [TensorSpec(s["name"], list(s["shape"]), np.dtype(s["dtype"])) for s in self._in]
         self.outputs = [TensorSpec(s["name"], list(s.get("shape") or []), np.dtype(s["dtype"])) for s in self._out]
