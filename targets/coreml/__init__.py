@@ -127,6 +127,10 @@ class CoremlTarget(Target):
             "compression": compression,
             "compute_units": self.config.compute_units,
             "masks_softened": softened,
+            # What an app feeds and reads: Core ML feature names and array types next to the ONNX ones.
+            "features": [{"io": io, "onnx": s.name, "core_ml": s.key, "shape": s.shape, "onnx_type": str(s.dtype),
+                          "core_ml_type": s.mil} for io, specs in (("input", translated.inputs),
+                                                                   ("output", translated.outputs)) for s in specs],
         }
         meta["log"] = _log_lines(meta)
         self._stage(3, "saved")
