@@ -210,3 +210,19 @@ def test_recipes_json_forms(cli, tmp_path):
 def test_inspect_shows_symbolic_dims_literally(cli, conv_bn_path):
     """A shape like [batch, 3, 16, 16] must not be eaten as a terminal style tag."""
     assert "[batch, 3, 16, 16]" in cli("inspect", conv_bn_path).out
+
+
+def test_inspect_runs_a_targets_check_naming_nodes(cli, tmp_path):
+    """`inspect --target` answers "will this model lower?" before any work, node by node."""
+    pytest.importorskip("coremltools")
+    model = models.conv_stack(batch="N")
+    model.graph.node.append(onnx.helper.make_node("Det", ["y"], ["d"], name="det0"))
+    p = tmp_path / "m.onnx"
+    onnx.save(model, str(p))
+    r = cli("inspect", p, "--target", "coreml", "--target-option", "deployment_target=iOS16")
+    assert r.code == 0 and "target coreml, deployment_target iOS16: 2 problem(s)" in r.out
+    d = json.loads(cli("inspect", p, "--target", "coreml", "--shape", "x:1,3,16,16", "--json").out)
+    assert [(f["node"], f["severity"]) for f in d["target"]["findings"]] == [("det0", "error")]
+    assert "Det has no Core ML lowering" in d["target"]["findings"][0]["message"]
+    r = cli("inspect", p, "--target", "coreml", "--target-option", "deployment_target")
+    assert r.code == 2 and "expected KEY=VALUE" in r.err
